@@ -1,0 +1,293 @@
+"""The package's ``config.yaml`` as pydantic models.
+
+Every key a Truss ``config.yaml`` uses is accepted, so an existing Truss package loads
+unchanged; impasto's own sections (``runtime`` limits, ``batching``, ``media``, ``diffusers``,
+``endpoints``) sit beside them. Unknown keys are kept and reported as warnings, never a crash.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class ConfigWarning(UserWarning):
+    """A config.yaml key impasto does not know (kept, not used)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+_MEMORY = re.compile(r"^\d+(\.\d+)?([KMGTPE]i?|[kmgtpe])?$")
+
+
+class Resources(_Section):
+    """Hardware the model asks for; informs builds and deploys, and ``use_gpu`` device choice."""
+
+    accelerator: str | None = Field(None, description="GPU kind and count, e.g. `A10G` or `H100:2`.")
+    cpu: str | None = Field(None, description="CPU cores, e.g. `1` or `500m`.", examples=["4"])
+    memory: str | None = Field(None, description="Memory with a unit, e.g. `30Gi`.", examples=["30Gi"])
+    use_gpu: bool = Field(False, description="Whether the model needs a GPU.")
+    node_count: int | None = Field(None, ge=1)
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_unit(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY.match(value):
+            raise ValueError("must be a number with an optional unit such as 512Mi, 30Gi or 2G")
+        return value
+
+
+class Runtime(_Section):
+    """How the runner schedules requests; every limit has a default here."""
+
+    predict_concurrency: int = Field(1, ge=1, description="Predictions running at once.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 429.")
+    predict_timeout_s: float | None = Field(
+        None, gt=0, description="Per-request deadline in seconds (504 past it); none by default."
+    )
+    load_timeout_s: float | None = Field(None, gt=0, description="Give up on load() after this long.")
+    wait_for_load: bool = Field(
+        False, description="Hold predict requests while loading instead of answering 503."
+    )
+    streaming_read_timeout: float = Field(60, gt=0, description="Longest gap between stream chunks.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    enable_tracing_data: bool = False
+    truss_server_version: str | None = None
+    is_websocket_endpoint: bool = False
+    transport: dict[str, Any] | None = None
+    health_checks: dict[str, Any] | None = None
+
+
+class Batching(_Section):
+    """Adaptive batching: merge concurrent requests that share a batch key."""
+
+    enabled: bool = Field(True, description="Batch endpoints that support it.")
+    max_batch_size: int = Field(8, ge=1, description="Items per model call.")
+    max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill.")
+    max_batch_pixels: int = Field(
+        8 * 512 * 512, ge=1, description="Pixel budget per batch (width*height*items)."
+    )
+
+
+class MediaConfig(_Section):
+    """Limits and defaults for media decode (inputs) and encode (outputs)."""
+
+    max_part_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Bytes per media field or part.")
+    max_pixels: int = Field(4096 * 4096, gt=0, description="Pixels per decoded image.")
+    max_frames: int = Field(600, gt=0, description="Frames per decoded video.")
+    allowed_content_types: list[str] | None = Field(
+        None, description="Accepted upload content types (None: any image/video/audio type)."
+    )
+    allow_urls: bool = Field(False, description="Let clients send media as http(s) URLs.")
+    url_timeout_s: float = Field(10.0, gt=0)
+    allow_private_urls: bool = Field(
+        False, description="Allow URLs that resolve to loopback/private addresses (tests only)."
+    )
+    image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Default image format.")
+    video_format: Literal["mp4", "gif", "webp"] = Field("mp4", description="Default video format.")
+    quality: int = Field(90, ge=1, le=100, description="Default lossy quality.")
+    png_compress_level: int = Field(
+        1, ge=0, le=9, description="zlib level for PNG (1: fast; 6 is Pillow's slow default)."
+    )
+    data_uri: bool = Field(False, description="JSON media as `data:` URIs instead of plain base64.")
+
+
+class Secret(BaseModel):
+    name: str
+    default: str | None = None
+
+
+class ModelCacheEntry(_Section):
+    repo_id: str
+    revision: str | None = None
+    allow_patterns: list[str] | None = None
+    ignore_patterns: list[str] | None = None
+    volume_folder: str | None = None
+    use_volume: bool | None = None
+
+
+class ExternalDataItem(_Section):
+    url: str
+    local_data_path: str
+    backend: str | None = None
+
+
+class EndpointConfig(_Section):
+    """A model method exposed as a route, listed in config instead of decorated."""
+
+    method: str
+    name: str | None = None
+    route: str | None = None
+    batchable: bool = False
+
+
+class LoraRef(BaseModel):
+    ref: str
+    scale: float = 1.0
+
+
+class WarmupShape(BaseModel):
+    width: int = Field(512, ge=8)
+    height: int = Field(512, ge=8)
+    steps: int = Field(2, ge=1)
+    task: str | None = None
+
+
+class DiffusersLimits(_Section):
+    """Bounds on generation inputs; violations are 422 naming the field."""
+
+    max_prompt_chars: int = Field(2000, gt=0)
+    max_steps: int = Field(150, ge=1)
+    max_pixels: int = Field(1024 * 1024, gt=0, description="width*height per image.")
+    max_side: int = Field(2048, ge=8)
+    max_images: int = Field(4, ge=1, description="num_images per request.")
+    max_frames: int = Field(50, ge=1)
+    max_guidance: float = Field(30.0, gt=0)
+    max_loras: int = Field(4, ge=0)
+
+
+class DiffusersConfig(_Section):
+    """Zero-code serving of a diffusers pipeline (no model.py needed)."""
+
+    model: str = Field(..., description="Store ref (`sd21:latest`), local path, or hub id.")
+    pipeline: str = Field("auto", description="Pipeline class name, or auto from model_index.json.")
+    tasks: list[Literal["text2img", "img2img", "inpaint", "img2vid"]] | None = Field(
+        None, description="Tasks to serve; default: what the pipeline supports."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] | str = "auto"
+    variant: str | None = None
+    scheduler: str | None = Field(None, description="Default scheduler class name.")
+    schedulers: list[str] | None = Field(None, description="Schedulers a request may choose.")
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: Literal[False, "model", "sequential"] | bool = False
+    compile: bool = Field(False, description="torch.compile the UNet at load.")
+    default_steps: int = Field(25, ge=1)
+    default_guidance: float = Field(7.5, ge=0)
+    default_width: int | None = None
+    default_height: int | None = None
+    limits: DiffusersLimits = Field(default_factory=DiffusersLimits)
+    lora_cache_size: int = Field(4, ge=0)
+    warmup: list[WarmupShape] = Field(default_factory=list)
+    allow_pickle: bool = Field(False, description="Accept pickle weights (unsafe).")
+    preview_every: int = Field(0, ge=0, description="Send a preview image every N steps over SSE.")
+
+
+class PackageConfig(_Section):
+    """A whole ``config.yaml``."""
+
+    model_name: str | None = None
+    description: str | None = None
+    model_metadata: dict[str, Any] = Field(default_factory=dict)
+    model_class_name: str = "Model"
+    model_module_dir: str = "model"
+    model_class_filename: str = "model.py"
+    data_dir: str = "data"
+    bundled_packages_dir: str = "packages"
+    external_package_dirs: list[str] = Field(default_factory=list)
+    python_version: str | None = Field(None, pattern=r"^py3\d{1,2}$|^3\.\d{1,2}$")
+    requirements: list[str] = Field(default_factory=list)
+    requirements_file: str | None = None
+    system_packages: list[str] = Field(default_factory=list)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str | None] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    runtime: Runtime = Field(default_factory=Runtime)
+    model_cache: list[ModelCacheEntry] = Field(default_factory=list)
+    external_data: list[ExternalDataItem] = Field(default_factory=list)
+    spec_version: str | None = None
+    apply_library_patches: bool | None = None
+    base_image: dict[str, Any] | None = None
+    docker_server: dict[str, Any] | None = None
+    build: dict[str, Any] | None = None
+    build_commands: list[str] = Field(default_factory=list)
+    live_reload: bool | None = None
+    trt_llm: dict[str, Any] | None = None
+    examples_filename: str = "examples.yaml"
+    # impasto's own sections
+    batching: Batching = Field(default_factory=Batching)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+    diffusers: DiffusersConfig | None = None
+    secrets_dir: str | None = Field(None, description="Folder of secret files (default /secrets).")
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _secrets_mapping(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if isinstance(value, list):  # a list of names is accepted too
+            return {str(name): None for name in value}
+        if isinstance(value, dict):
+            return {str(k): (None if v is None else str(v)) for k, v in value.items()}
+        return value
+
+    @field_validator("environment_variables", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): "" if v is None else str(v) for k, v in value.items()}
+        return value or {}
+
+    @field_validator("python_version", mode="before")
+    @classmethod
+    def _py_str(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, float) else value
+
+    def unknown_keys(self) -> list[str]:
+        """Keys present in the file that no section of impasto knows, with their dotted path."""
+        found = [str(k) for k in (self.model_extra or {})]
+        for name in ("resources", "runtime", "batching", "media"):
+            section = getattr(self, name)
+            found += [f"{name}.{k}" for k in (section.model_extra or {})]
+        if self.diffusers is not None:
+            found += [f"diffusers.{k}" for k in (self.diffusers.model_extra or {})]
+        return sorted(found)
+
+
+def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") -> PackageConfig:
+    """Validate a config mapping; invalid values raise :class:`ConfigError` naming key and value."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        config = PackageConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        raise ConfigError(
+            f"{source}: invalid value for `{key}`: {value!r} ({err['msg']})", field=key
+        ) from None
+    unknown = config.unknown_keys()
+    if unknown:
+        warnings.warn(
+            f"{source}: unknown keys ignored: {', '.join(unknown)}", ConfigWarning, stacklevel=2
+        )
+    return config
+
+
+def load_config(path: Path) -> PackageConfig:
+    """Read and validate ``config.yaml`` (a missing file means all defaults)."""
+    if not path.exists():
+        return parse_config({}, source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, source=str(path))

@@ -1,0 +1,122 @@
+"""One exception tree for impasto, mapped to HTTP status and CLI exit code in one place.
+
+::
+
+    ImpastoError                     500  exit 1
+    ├── ConfigError                  500  exit 3   config.yaml is invalid
+    ├── PackageError                 500  exit 4   the package folder or model class is unusable
+    ├── InputError                   422  exit 2   the request failed validation (names the field)
+    │   ├── MalformedInput           400  exit 2   the body is not valid JSON / multipart
+    │   └── PayloadTooLarge          413  exit 2   a size or pixel limit was exceeded
+    ├── NotFound                     404  exit 5   an endpoint, job or model ref does not exist
+    ├── NotReady                     503  exit 6   the model is still loading or failed to load
+    ├── Overloaded                   429  exit 7   the queue is full; retry later
+    ├── PredictTimeout               504  exit 8   the request ran past its deadline
+    ├── Canceled                     499  exit 9   the client went away or canceled
+    ├── ModelError                   500  exit 10  user code raised
+    └── StoreError                   400  exit 11  the model store refused an operation
+
+Every class knows its ``status``, ``exit_code`` and a short ``type`` used in error bodies:
+``{"error": {"type": ..., "message": ..., "field": ...}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ImpastoError(Exception):
+    """Base of every error impasto raises on purpose."""
+
+    status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+    type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body every route answers with."""
+        return {"error": {"type": self.type, "message": self.message, "field": self.field}}
+
+
+class ConfigError(ImpastoError):
+    exit_code = 3
+    type = "config_error"
+
+
+class PackageError(ImpastoError):
+    exit_code = 4
+    type = "package_error"
+
+
+class InputError(ImpastoError):
+    status = 422
+    exit_code = 2
+    type = "invalid_input"
+
+
+class MalformedInput(InputError):
+    status = 400
+    type = "malformed_input"
+
+
+class PayloadTooLarge(InputError):
+    status = 413
+    type = "payload_too_large"
+
+
+class NotFound(ImpastoError):
+    status = 404
+    exit_code = 5
+    type = "not_found"
+
+
+class NotReady(ImpastoError):
+    status = 503
+    exit_code = 6
+    type = "not_ready"
+
+
+class Overloaded(ImpastoError):
+    status = 429
+    exit_code = 7
+    type = "overloaded"
+
+
+class PredictTimeout(ImpastoError):
+    status = 504
+    exit_code = 8
+    type = "timeout"
+
+
+class Canceled(ImpastoError):
+    status = 499
+    exit_code = 9
+    type = "canceled"
+
+
+class ModelError(ImpastoError):
+    exit_code = 10
+    type = "model_error"
+
+
+class StoreError(ImpastoError):
+    status = 400
+    exit_code = 11
+    type = "store_error"
+
+
+def pydantic_errors(exc: Any, prefix: str = "") -> InputError:
+    """Turn a ``pydantic.ValidationError`` into an :class:`InputError` naming the first field."""
+    errors = exc.errors(include_url=False)
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    loc = ".".join(str(p) for p in (prefix, *first.get("loc", ())) if p != "")
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "input"
+        parts.append(f"{where}: {err.get('msg')}")
+    return InputError("; ".join(parts) or str(exc), field=loc or None)
