@@ -1,7 +1,7 @@
 """The package's ``config.yaml`` as pydantic models.
 
-Every key a Truss ``config.yaml`` uses is accepted, so an existing Truss package loads
-unchanged; impasto's own sections (``runtime`` limits, ``batching``, ``media``, ``diffusers``,
+Every key of the common model-package ``config.yaml`` layout is accepted, so existing
+packages load unchanged; impasto's own sections (``runtime`` limits, ``batching``, ``media``, ``diffusers``,
 ``endpoints``) sit beside them. Unknown keys are kept and reported as warnings, never a crash.
 """
 
@@ -32,9 +32,9 @@ _MEMORY = re.compile(r"^\d+(\.\d+)?([KMGTPE]i?|[kmgtpe])?$")
 class Resources(_Section):
     """Hardware the model asks for; informs builds and deploys, and ``use_gpu`` device choice."""
 
-    accelerator: str | None = Field(None, description="GPU kind and count, e.g. `A10G` or `H100:2`.")
+    accelerator: str | None = Field(None, description="GPU kind and count, e.g. `H100:2`.")
     cpu: str | None = Field(None, description="CPU cores, e.g. `1` or `500m`.", examples=["4"])
-    memory: str | None = Field(None, description="Memory with a unit, e.g. `30Gi`.", examples=["30Gi"])
+    memory: str | None = Field(None, description="Memory with a unit.", examples=["30Gi"])
     use_gpu: bool = Field(False, description="Whether the model needs a GPU.")
     node_count: int | None = Field(None, ge=1)
 
@@ -59,12 +59,12 @@ class Runtime(_Section):
     predict_timeout_s: float | None = Field(
         None, gt=0, description="Per-request deadline in seconds (504 past it); none by default."
     )
-    load_timeout_s: float | None = Field(None, gt=0, description="Give up on load() after this long.")
+    load_timeout_s: float | None = Field(None, gt=0, description="Give up on load() after this.")
     wait_for_load: bool = Field(
         False, description="Hold predict requests while loading instead of answering 503."
     )
-    streaming_read_timeout: float = Field(60, gt=0, description="Longest gap between stream chunks.")
-    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    streaming_read_timeout: float = Field(60, gt=0, description="Longest gap between chunks.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
     enable_tracing_data: bool = False
     truss_server_version: str | None = None
     is_websocket_endpoint: bool = False
@@ -86,7 +86,7 @@ class Batching(_Section):
 class MediaConfig(_Section):
     """Limits and defaults for media decode (inputs) and encode (outputs)."""
 
-    max_part_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Bytes per media field or part.")
+    max_part_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Bytes per media field.")
     max_pixels: int = Field(4096 * 4096, gt=0, description="Pixels per decoded image.")
     max_frames: int = Field(600, gt=0, description="Frames per decoded video.")
     allowed_content_types: list[str] | None = Field(

@@ -32,7 +32,9 @@ class ImpastoError(Exception):
     exit_code: ClassVar[int] = 1
     type: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.field = field

@@ -1,0 +1,46 @@
+"""Prometheus metrics for one server, in its own registry (no process-wide globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Request counts and latency by endpoint and outcome, plus cancellations and queue depth."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "impasto_requests",
+            "Predictions by endpoint and outcome (ok or the error type).",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "impasto_request_seconds",
+            "Time from admission to result, by endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.canceled = Counter(
+            "impasto_canceled",
+            "Requests stopped early because the client went away or the deadline passed.",
+            ["endpoint", "reason"],
+            registry=self.registry,
+        )
+        self.queue = Gauge(
+            "impasto_queue_depth", "Requests waiting for a model slot.", registry=self.registry
+        )
+
+    def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(endpoint, outcome).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if outcome in ("canceled", "timeout"):
+            self.canceled.labels(endpoint, outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

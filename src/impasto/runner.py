@@ -1,0 +1,394 @@
+"""The one owner of a loaded model: load state, concurrency, queueing, batching, timeouts.
+
+Every route ends in :meth:`Runner.call` with (endpoint name, validated input, request
+context) and gets back a value, or an async iterator for a streaming endpoint. Routes never
+touch the model object; they only shape requests and responses around this call.
+
+Request flow::
+
+    validate (thread) -> preprocess -> [queue -> slot -> predict | batch] -> postprocess
+
+``preprocess``/``postprocess`` run outside the slot so they overlap with other requests'
+predictions; ``runtime.predict_concurrency`` slots bound the predictions running at once and
+``runtime.max_queue`` bounds the requests waiting for one (429 beyond it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import ValidationError
+
+from .batching import BatchQueue
+from .config import PackageConfig
+from .context import RequestContext
+from .errors import (
+    Canceled,
+    ImpastoError,
+    InputError,
+    ModelError,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PredictTimeout,
+    pydantic_errors,
+)
+from .spec import CallSpec, EndpointSpec, ModelSpec
+
+log = logging.getLogger("impasto.runner")
+
+STATES = ("pending", "loading", "ready", "failed")
+
+
+class Runner:
+    """Loads one model and runs every request against it under the configured limits."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        factory: Callable[[], Any],
+        config: PackageConfig,
+        *,
+        metrics: Any = None,
+        redact: Callable[[str], str] = lambda text: text,
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.metrics = metrics
+        self.redact = redact
+        self._factory = factory
+        self.model: Any = None
+        self.state = "pending"
+        self.load_error: str | None = None
+        self.load_seconds: float | None = None
+        self._ready = asyncio.Event()
+        self._done = asyncio.Event()
+        rt = config.runtime
+        self._slots = asyncio.Semaphore(rt.predict_concurrency)
+        self._waiting = 0
+        self._executor = ThreadPoolExecutor(
+            max_workers=rt.predict_concurrency + 8, thread_name_prefix="impasto-model"
+        )
+        self._batchers: dict[str, BatchQueue] = {}
+        self._load_task: asyncio.Task | None = None
+
+    # loading ------------------------------------------------------------------------------
+    def start(self) -> asyncio.Task:
+        """Begin loading in the background (idempotent); requests get 503 until it finishes."""
+        if self._load_task is None:
+            self._load_task = asyncio.create_task(self.load(), name="impasto-load")
+        return self._load_task
+
+    async def load(self) -> bool:
+        """Instantiate the model and run its ``load()`` once; True when it is ready."""
+        if self.state != "pending":
+            await self._done.wait()
+            return self.state == "ready"
+        self.state = "loading"
+        started = time.monotonic()
+        try:
+            self.model = await self._thread(self._factory)
+            if self.spec.has_load:
+                work = (
+                    self.model.load()
+                    if self.spec.load_is_async
+                    else self._thread(self.model.load)
+                )
+                timeout = self.config.runtime.load_timeout_s
+                await asyncio.wait_for(work, timeout) if timeout else await work
+        except BaseException as exc:
+            self.state = "failed"
+            if isinstance(exc, TimeoutError):
+                self.load_error = f"load() did not finish within {timeout} s"
+            else:
+                self.load_error = self.redact(f"{type(exc).__name__}: {exc}")
+            log.error(
+                "model failed to load: %s\n%s",
+                self.load_error,
+                self.redact(traceback.format_exc()),
+            )
+            self._done.set()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return False
+        self.load_seconds = time.monotonic() - started
+        self.state = "ready"
+        log.info("model loaded in %.2f s", self.load_seconds)
+        self._ready.set()
+        self._done.set()
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    async def wait_loaded(self) -> bool:
+        await self._done.wait()
+        return self.ready
+
+    async def _ensure_ready(self, ctx: RequestContext) -> None:
+        if self.state == "ready":
+            return
+        if self.state == "failed":
+            raise NotReady(f"the model failed to load ({self.load_error}); see the server log")
+        if self.config.runtime.wait_for_load:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), ctx.remaining())
+            if self.state == "ready":
+                return
+        raise NotReady(
+            "the model is still loading; retry when GET /health/ready answers 200",
+            headers={"Retry-After": "1"},
+        )
+
+    # endpoints ----------------------------------------------------------------------------
+    def endpoint(self, name: str | None) -> EndpointSpec:
+        """The endpoint called ``name`` (None: the default one behind ``/predict``)."""
+        if name is None:
+            return self.spec.default_endpoint
+        try:
+            return self.spec.endpoints[name]
+        except KeyError:
+            known = ", ".join(self.spec.endpoints)
+            raise NotFound(f"no endpoint named {name!r}; this model serves: {known}") from None
+
+    async def validate(self, endpoint: EndpointSpec, payload: Any) -> Any:
+        """Check ``payload`` against the endpoint's input schema (media decode runs here too,
+        in a worker thread so the event loop stays free)."""
+        model = endpoint.input_model
+        if model is None:
+            return payload
+        if not isinstance(payload, dict):
+            raise InputError(
+                f"expected a JSON object with the fields of {model.__name__}, "
+                f"got {type(payload).__name__}",
+                field="body",
+            )
+        context = {"media": self.config.media}
+
+        def check() -> Any:
+            try:
+                return model.model_validate(payload, context=context)
+            except ValidationError as exc:
+                raise pydantic_errors(exc) from None
+
+        return await self._thread(check)
+
+    # calling ------------------------------------------------------------------------------
+    async def call(self, name: str | None, value: Any, ctx: RequestContext) -> Any:
+        """Run one validated input through the endpoint; returns the output, or an async
+        iterator of chunks when the endpoint streams."""
+        endpoint = self.endpoint(name)
+        await self._ensure_ready(ctx)
+        started = time.monotonic()
+        status = "ok"
+        try:
+            if endpoint.preprocess:
+                value = await self._invoke(endpoint.preprocess, value, ctx)
+            if endpoint.streams:
+                return await self._stream(endpoint, value, ctx)
+            # A batchable method only takes lists, so it always goes through the queue (a batch
+            # of one when batching is off); predict + predict_batch can skip it.
+            must_batch = endpoint.call is endpoint.batch_call
+            if endpoint.batch_call and (self.config.batching.enabled or must_batch):
+                value = await self._batched(endpoint, value, ctx)
+            else:
+                value = await self._slot(ctx, lambda: self._invoke(endpoint.call, value, ctx))
+            if endpoint.postprocess:
+                value = await self._invoke(endpoint.postprocess, value, ctx)
+            return value
+        except ImpastoError as exc:
+            status = exc.type
+            raise
+        except asyncio.CancelledError:
+            status = "canceled"
+            ctx.cancel("disconnected")
+            raise
+        except Exception as exc:
+            status = "model_error"
+            raise self._model_error(exc, ctx) from exc
+        finally:
+            ctx.timings["total"] = time.monotonic() - started
+            if self.metrics is not None:
+                self.metrics.observe(endpoint.name, status, time.monotonic() - started)
+
+    def _model_error(self, exc: BaseException, ctx: RequestContext) -> ModelError:
+        message = self.redact(f"{type(exc).__name__}: {exc}")
+        log.error(
+            "request %s: model raised %s\n%s",
+            ctx.request_id,
+            message,
+            self.redact("".join(traceback.format_exception(exc))),
+        )
+        return ModelError(message)
+
+    async def _slot(self, ctx: RequestContext, work: Callable[[], Any]) -> Any:
+        """Wait for a prediction slot (bounded queue, deadline) and run ``work`` in it."""
+        await self._admit(ctx)
+        task = asyncio.ensure_future(work())
+        task.add_done_callback(lambda _t: self._slots.release())
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), ctx.remaining())
+        except TimeoutError:
+            ctx.cancel("timeout")
+            self._cancel_async(task)
+            raise PredictTimeout(self._timeout_message()) from None
+        except asyncio.CancelledError:
+            ctx.cancel("disconnected")
+            self._cancel_async(task)
+            raise
+
+    def _cancel_async(self, task: asyncio.Task) -> None:
+        # Coroutine work stops at its next await; thread work sees ctx.cancelled and keeps
+        # its slot until it returns, so the concurrency bound always holds.
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _admit(self, ctx: RequestContext) -> None:
+        if self._slots.locked() and self._waiting >= self.config.runtime.max_queue:
+            raise Overloaded(
+                f"too many requests: {self._waiting} are already waiting "
+                f"(runtime.max_queue={self.config.runtime.max_queue}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), ctx.remaining())
+        except TimeoutError:
+            ctx.cancel("timeout")
+            raise PredictTimeout(self._timeout_message("while waiting in the queue")) from None
+        finally:
+            self._waiting -= 1
+
+    def _timeout_message(self, where: str = "") -> str:
+        limit = self.config.runtime.predict_timeout_s
+        tail = f" {where}" if where else ""
+        return f"the request ran past its deadline of {limit} s{tail} (runtime.predict_timeout_s)"
+
+    async def _batched(self, endpoint: EndpointSpec, value: Any, ctx: RequestContext) -> Any:
+        batcher = self._batchers.get(endpoint.name)
+        if batcher is None:
+            cfg = self.config.batching
+            call = endpoint.batch_call
+            assert call is not None
+
+            async def run(values: list[Any], ctxs: list[RequestContext]) -> list[Any]:
+                ctx0 = ctxs if call.context_param == "contexts" else ctxs[0]
+                return await self._invoke(call, values, ctx0)
+
+            batcher = BatchQueue(
+                run,
+                max_batch_size=cfg.max_batch_size if cfg.enabled else 1,
+                max_wait_ms=cfg.max_wait_ms,
+                max_batch_pixels=cfg.max_batch_pixels,
+                key=endpoint.batch_key,
+                cost=endpoint.batch_cost,
+                slots=self._slots,
+            )
+            self._batchers[endpoint.name] = batcher
+        if batcher.pending >= self.config.runtime.max_queue + self.config.batching.max_batch_size:
+            raise Overloaded(
+                f"too many requests queued for {endpoint.name} (runtime.max_queue); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            return await asyncio.wait_for(batcher.submit(value, ctx), ctx.remaining())
+        except TimeoutError:
+            ctx.cancel("timeout")
+            raise PredictTimeout(self._timeout_message()) from None
+
+    async def _invoke(self, call: CallSpec, value: Any, ctx: Any) -> Any:
+        """Run one user method: awaited if async, in a worker thread if not."""
+        bound = call.bind(self.model, value, ctx)
+        if call.is_async and not call.is_generator:
+            return await bound()
+        if call.is_generator:
+            return bound()  # creating a generator object runs no user code
+        result = await self._thread(bound)
+        return await result if inspect.isawaitable(result) else result
+
+    async def _thread(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn)
+
+    # streaming ----------------------------------------------------------------------------
+    async def _stream(self, endpoint: EndpointSpec, value: Any, ctx: RequestContext) -> Any:
+        """Acquire a slot, start the generator, and hand back an iterator holding the slot."""
+        await self._admit(ctx)
+        try:
+            gen = await self._invoke(endpoint.call, value, ctx)
+        except BaseException:
+            self._slots.release()
+            raise
+        return self._drain(gen, ctx)
+
+    async def _drain(self, gen: Any, ctx: RequestContext) -> AsyncIterator[Any]:
+        gap = self.config.runtime.streaming_read_timeout
+        try:
+            if inspect.isasyncgen(gen):
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(anext(gen), _min(gap, ctx.remaining()))
+                    except StopAsyncIteration:
+                        return
+                    yield chunk
+            else:
+                it: Iterator[Any] = iter(gen)
+                step = functools.partial(next, it, _END)
+                while True:
+                    chunk = await asyncio.wait_for(self._thread(step), _min(gap, ctx.remaining()))
+                    if chunk is _END:
+                        return
+                    yield chunk
+        except TimeoutError:
+            ctx.cancel("timeout")
+            raise PredictTimeout("the stream stalled past its deadline") from None
+        except (ImpastoError, asyncio.CancelledError, GeneratorExit):
+            ctx.cancel("disconnected")
+            raise
+        except Exception as exc:
+            raise self._model_error(exc, ctx) from exc
+        finally:
+            self._slots.release()
+            closer = getattr(gen, "aclose", None) or getattr(gen, "close", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    result = closer()
+                    if inspect.isawaitable(result):
+                        await result
+
+    # lifecycle ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "waiting": self._waiting,
+            "running": self.config.runtime.predict_concurrency - self._slots._value,
+            "batch_pending": {name: b.pending for name, b in self._batchers.items()},
+        }
+
+    async def aclose(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.aclose()
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+_END = object()
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None]
+    return min(values) if values else None
+
+
+__all__ = ["STATES", "Canceled", "Runner"]
