@@ -1,8 +1,8 @@
 """The package's ``config.yaml`` as pydantic models.
 
 Every key of the common model-package ``config.yaml`` layout is accepted, so existing
-packages load unchanged; impasto's own sections (``runtime`` limits, ``batching``, ``media``, ``diffusers``,
-``endpoints``) sit beside them. Unknown keys are kept and reported as warnings, never a crash.
+packages load unchanged; impasto's own sections (``runtime`` limits, ``batching``,
+``media``, ``diffusers``, ``endpoints``) sit beside them. Unknown keys are kept and reported as warnings, never a crash.
 """
 
 from __future__ import annotations
