@@ -1,1 +1,66 @@
-"""impasto."""
+"""impasto: package, serve and scale diffusion models (and any Python model) over HTTP.
+
+The flat public API; everything else is private modules.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import PackageConfig, load_config, parse_config
+from .context import Event, OutputPrefs, RequestContext
+from .errors import (
+    Canceled,
+    ConfigError,
+    ImpastoError,
+    InputError,
+    MalformedInput,
+    ModelError,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PackageError,
+    PayloadTooLarge,
+    PredictTimeout,
+    StoreError,
+)
+from .media import Audio, File, Image, Video
+from .package import Package, load_package
+from .runner import Runner
+from .serving import build_app
+from .spec import EndpointSpec, ModelSpec, endpoint, inspect_model
+
+__all__ = [
+    "Audio",
+    "Canceled",
+    "ConfigError",
+    "EndpointSpec",
+    "Event",
+    "File",
+    "Image",
+    "ImpastoError",
+    "InputError",
+    "MalformedInput",
+    "ModelError",
+    "ModelSpec",
+    "NotFound",
+    "NotReady",
+    "OutputPrefs",
+    "Overloaded",
+    "Package",
+    "PackageConfig",
+    "PackageError",
+    "PayloadTooLarge",
+    "PredictTimeout",
+    "RequestContext",
+    "Runner",
+    "StoreError",
+    "Video",
+    "__version__",
+    "build_app",
+    "endpoint",
+    "inspect_model",
+    "load_config",
+    "load_package",
+    "parse_config",
+]

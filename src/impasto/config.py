@@ -2,7 +2,8 @@
 
 Every key of the common model-package ``config.yaml`` layout is accepted, so existing
 packages load unchanged; impasto's own sections (``runtime`` limits, ``batching``,
-``media``, ``diffusers``, ``endpoints``) sit beside them. Unknown keys are kept and reported as warnings, never a crash.
+``media``, ``diffusers``, ``endpoints``) sit beside them. Unknown keys are kept and
+reported as warnings, never a crash.
 """
 
 from __future__ import annotations

@@ -99,9 +99,7 @@ class Runner:
             self.model = await self._thread(self._factory)
             if self.spec.has_load:
                 work = (
-                    self.model.load()
-                    if self.spec.load_is_async
-                    else self._thread(self.model.load)
+                    self.model.load() if self.spec.load_is_async else self._thread(self.model.load)
                 )
                 timeout = self.config.runtime.load_timeout_s
                 await asyncio.wait_for(work, timeout) if timeout else await work

@@ -242,6 +242,8 @@ def inspect_model(cls: type, extra_endpoints: list[Any] | None = None) -> ModelS
         raise PackageError(f"{cls!r} is not a class")
     init = inspect.signature(cls.__init__)
     init_params = [p for p in init.parameters.values() if p.name != "self"]
+    if cls.__init__ is object.__init__:  # no __init__ of its own: takes nothing
+        init_params = []
     unknown = [
         p.name
         for p in init_params

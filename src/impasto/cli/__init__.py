@@ -1,0 +1,1 @@
+"""The ``impasto`` command line: one small module per command group."""

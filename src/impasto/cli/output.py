@@ -1,0 +1,63 @@
+"""Console output and error reporting shared by the commands (the only place that prints)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from ..errors import ImpastoError
+
+err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+DEBUG = {"on": False}
+
+
+def fail(exc: BaseException) -> typer.Exit:
+    """Print one clear line for ``exc`` (a traceback only with --debug) and pick the exit code."""
+    if DEBUG["on"]:
+        err_console.print(traceback.format_exc(), markup=False)
+    if isinstance(exc, ImpastoError):
+        err_console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+        return typer.Exit(exc.exit_code)
+    err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", soft_wrap=True)
+    return typer.Exit(1)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn any exception escaping a command into one line on stderr and a distinct exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise fail(exc) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def configure_logging(level: str = "info", redactor: logging.Filter | None = None) -> None:
+    """Only the CLI configures logging; the library never does on import."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if redactor is not None:
+        handler.addFilter(redactor)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True

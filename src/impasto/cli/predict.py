@@ -1,0 +1,112 @@
+"""``impasto predict PATH``: run one prediction in-process, or against a running server."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+
+from ..context import RequestContext
+from ..errors import InputError, MalformedInput, ModelError, NotReady
+from ..media import encode, find_media, to_jsonable
+from ..package import load_package
+from ..runner import Runner
+from .output import configure_logging, console, handle_errors
+
+
+def _input(data: str | None, file: Path | None, example: str | None, path: Path) -> Any:
+    given = [x for x in (data, file, example) if x is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one of -d JSON, -f FILE or --example NAME", field="input")
+    if example is not None:
+        return load_package(path).example(example).input
+    text = data if data is not None else Path(file).read_text()  # type: ignore[arg-type]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedInput(f"the input is not valid JSON: {exc}", field="input") from None
+
+
+def _write(result: Any, out: Path | None) -> None:
+    media = find_media(result)
+    if out is not None and len(media) == 1:
+        fmt = out.suffix.lstrip(".").lower() or None
+        out.write_bytes(encode(media[0], format=fmt).data)
+        console.print(f"wrote {out}")
+        return
+    text = json.dumps(to_jsonable(result), indent=2, ensure_ascii=False)
+    if out is not None:
+        out.write_text(text + "\n")
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+async def _run_local(path: Path, payload: Any, endpoint: str | None, out: Path | None) -> None:
+    package = load_package(path)
+    runner = Runner(package.spec, package.factory(), package.config, redact=package.redactor)
+    try:
+        if not await runner.load():
+            raise NotReady(f"load() failed: {runner.load_error}")
+        ep = runner.endpoint(endpoint)
+        value = await runner.validate(ep, payload)
+        result = await runner.call(ep.name, value, RequestContext())
+        if inspect.isasyncgen(result):
+            async for chunk in result:
+                text = chunk.decode() if isinstance(chunk, bytes) else chunk
+                sys.stdout.write(text if isinstance(text, str) else json.dumps(to_jsonable(text)))
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return
+        _write(result, out)
+    finally:
+        await runner.aclose()
+
+
+def _run_remote(url: str, payload: Any, endpoint: str | None, out: Path | None) -> None:
+    target = url.rstrip("/")
+    if httpx.URL(target).path in ("", "/"):
+        target += f"/{endpoint or 'predict'}"
+    with httpx.Client(timeout=None) as client, client.stream("POST", target, json=payload) as r:
+        if r.status_code >= 400:
+            body = r.read()
+            try:
+                message = json.loads(body)["error"]["message"]
+            except Exception:
+                message = body.decode(errors="replace")
+            raise ModelError(f"{target} answered {r.status_code}: {message}")
+        if out is not None:
+            with out.open("wb") as fh:
+                for chunk in r.iter_bytes():
+                    fh.write(chunk)
+            console.print(f"wrote {out}")
+            return
+        for chunk in r.iter_text():
+            sys.stdout.write(chunk)
+        sys.stdout.write("\n")
+
+
+@handle_errors
+def predict(
+    path: Path = typer.Argument(Path("."), help="The package folder."),
+    data: str | None = typer.Option(None, "-d", "--data", help="Input as JSON text."),
+    file: Path | None = typer.Option(None, "-f", "--file", help="Input from a JSON file."),
+    example: str | None = typer.Option(None, "--example", help="A named input in examples.yaml."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the result here."),
+    endpoint: str | None = typer.Option(None, "--endpoint", "-e", help="Endpoint to call."),
+    url: str | None = typer.Option(None, "--url", help="Send to a running server instead."),
+    log_level: str = typer.Option("warning", envvar="IMPASTO_LOG_LEVEL"),
+) -> None:
+    """Run one prediction: load the package in-process (or use --url) and print the output."""
+    payload = _input(data, file, example, path)
+    if url:
+        _run_remote(url, payload, endpoint, output)
+        return
+    configure_logging(log_level)
+    asyncio.run(_run_local(path, payload, endpoint, output))

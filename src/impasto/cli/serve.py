@@ -1,0 +1,71 @@
+"""``impasto serve PATH``: serve a package over HTTP with uvicorn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from ..package import load_package
+from ..serving import PACKAGE_ENV, build_app
+from .output import configure_logging, err_console, handle_errors
+
+
+@handle_errors
+def serve(
+    path: Path = typer.Argument(Path("."), help="The package folder."),
+    host: str = typer.Option("127.0.0.1", envvar="IMPASTO_HOST", help="Interface to bind."),
+    port: int = typer.Option(8080, envvar="IMPASTO_PORT", help="Port to listen on."),
+    reload: bool = typer.Option(False, "--reload", help="Restart when package files change."),
+    stay_up: bool = typer.Option(
+        False, "--stay-up", help="Keep serving (readiness 503) if load() fails."
+    ),
+    environment: str | None = typer.Option(
+        None, envvar="IMPASTO_ENVIRONMENT", help="Deployment environment name for the model."
+    ),
+    secrets_dir: Path | None = typer.Option(
+        None, envvar="IMPASTO_SECRETS_DIR", help="Folder of secret files (default /secrets)."
+    ),
+    log_level: str = typer.Option("info", envvar="IMPASTO_LOG_LEVEL"),
+) -> None:
+    """Serve a package; the model loads in the background while /health/ready answers 503."""
+    if environment:
+        os.environ["IMPASTO_ENVIRONMENT"] = environment
+    if secrets_dir:
+        os.environ["IMPASTO_SECRETS_DIR"] = str(secrets_dir)
+    package = load_package(path)  # fail fast on a broken package, before binding the port
+    configure_logging(log_level, package.redactor)
+    if reload:
+        os.environ[PACKAGE_ENV] = str(package.root)
+        uvicorn.run(
+            "impasto.serving:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            reload=True,
+            reload_dirs=[str(package.root)],
+            reload_includes=["*.py", "*.yaml", "*.yml"],
+            log_config=None,
+        )
+        return
+    failed = {"load": False}
+    server: uvicorn.Server | None = None
+
+    def on_load_failed() -> None:
+        failed["load"] = True
+        if not stay_up and server is not None:
+            err_console.print(
+                "[red]error:[/red] load() failed; stopping (use --stay-up to keep serving)"
+            )
+            server.should_exit = True
+
+    app = build_app(package, on_load_failed=on_load_failed)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, timeout_graceful_shutdown=30
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if failed["load"] and not stay_up:
+        raise typer.Exit(6)

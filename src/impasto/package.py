@@ -1,0 +1,174 @@
+"""Load a package folder: read config.yaml, find the model class, build its spec.
+
+A package is ``config.yaml`` + ``model/model.py`` (+ ``data/``, ``packages/``,
+``examples.yaml``). A package whose config has a ``diffusers:`` section needs no model.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import PackageConfig, load_config
+from .errors import ConfigError, NotFound, PackageError
+from .secrets import Redactor, Secrets, resolve_secrets
+from .spec import ModelSpec, inspect_model
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    input: Any
+
+
+@dataclass(frozen=True)
+class Package:
+    """A loaded package: config, model spec and how to build the model object."""
+
+    root: Path
+    config: PackageConfig
+    spec: ModelSpec
+    secrets: Secrets = field(repr=False)
+    environment: str | None
+    redactor: Redactor = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.model_name or self.root.name
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.root / self.config.data_dir).resolve()
+
+    def factory(self) -> Callable[[], Any]:
+        """A callable that builds the model object, passing only the arguments it asks for."""
+        available = {
+            "config": self.config.model_dump(mode="python"),
+            "data_dir": self.data_dir,
+            "secrets": self.secrets,
+            "environment": self.environment,
+        }
+        spec = self.spec
+        kwargs = available if spec.init_kwargs else {k: available[k] for k in spec.init_args}
+        return lambda: spec.cls(**kwargs)
+
+    def examples(self) -> list[Example]:
+        return load_examples(self.root / self.config.examples_filename)
+
+    def example(self, name: str) -> Example:
+        for ex in self.examples():
+            if ex.name == name:
+                return ex
+        names = ", ".join(e.name for e in self.examples()) or "none"
+        raise NotFound(f"no example named {name!r} in {self.config.examples_filename} ({names})")
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Read ``examples.yaml``: a list of ``{name, input}``."""
+    if not path.exists():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, list) or not all(isinstance(d, dict) and "name" in d for d in data):
+        raise ConfigError(f"{path}: must be a list of {{name, input}} entries")
+    return [Example(str(d["name"]), d.get("input")) for d in data]
+
+
+def load_package(
+    path: str | Path, *, environment: str | None = None, secrets_dir: str | Path | None = None
+) -> Package:
+    """Read a package folder and inspect its model class (does not build or load the model)."""
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise PackageError(f"{root} is not a folder; pass the package folder (with config.yaml)")
+    config = load_config(root / "config.yaml")
+    for key, value in config.environment_variables.items():
+        os.environ.setdefault(key, value)
+    _extend_sys_path(root, config)
+    cls = _model_class(root, config)
+    spec = inspect_model(cls, config.endpoints)
+    secrets = resolve_secrets(config.secrets, secrets_dir or config.secrets_dir)
+    env = environment or os.environ.get("IMPASTO_ENVIRONMENT") or None
+    return Package(root, config, spec, secrets, env, Redactor(secrets))
+
+
+def _extend_sys_path(root: Path, config: PackageConfig) -> None:
+    """Make ``packages/`` and every ``external_package_dirs`` entry importable."""
+    dirs = [root / config.bundled_packages_dir]
+    for entry in config.external_package_dirs:
+        folder = (root / entry).resolve()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"external_package_dirs: {entry!r} resolves to {folder}, which is not a folder",
+                field="external_package_dirs",
+            )
+        dirs.append(folder)
+    for folder in dirs:
+        if folder.is_dir() and str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+
+def _model_class(root: Path, config: PackageConfig) -> type:
+    module_dir = root / config.model_module_dir
+    model_file = module_dir / config.model_class_filename
+    if not model_file.exists():
+        if config.diffusers is not None:
+            from .diffusers.model import model_class_for
+
+            return model_class_for(config)
+        raise PackageError(
+            f"{model_file} not found; a package needs {config.model_module_dir}/"
+            f"{config.model_class_filename} with a `{config.model_class_name}` class "
+            "(or a `diffusers:` section in config.yaml); run `impasto init NAME` for a template"
+        )
+    module = _import_model_module(module_dir, model_file)
+    cls = getattr(module, config.model_class_name, None)
+    if cls is None:
+        raise PackageError(
+            f"{model_file} has no class `{config.model_class_name}` "
+            "(set model_class_name in config.yaml if it is named differently)"
+        )
+    if config.diffusers is not None:
+        from .diffusers.model import DiffusersModel, model_class_for
+
+        if isinstance(cls, type) and issubclass(cls, DiffusersModel):
+            return model_class_for(config, base=cls)
+    return cls
+
+
+def _import_model_module(module_dir: Path, model_file: Path) -> Any:
+    """Import model.py as a submodule of a uniquely named package, so relative imports
+    work and two packages in one process never collide."""
+    digest = hashlib.sha1(str(module_dir).encode()).hexdigest()[:12]
+    pkg_name = f"impasto_pkg_{digest}"
+    init = module_dir / "__init__.py"
+    if pkg_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            pkg_name,
+            init if init.exists() else None,
+            submodule_search_locations=[str(module_dir)],
+        )
+        if spec is None or spec.loader is None:  # a folder without __init__.py
+            spec = importlib.machinery.ModuleSpec(pkg_name, None, is_package=True)
+            spec.submodule_search_locations = [str(module_dir)]
+        pkg = importlib.util.module_from_spec(spec)
+        sys.modules[pkg_name] = pkg
+        if spec.loader is not None:
+            spec.loader.exec_module(pkg)
+    name = f"{pkg_name}.{model_file.stem}"
+    sys.modules.pop(name, None)  # re-import on reload
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise PackageError(f"importing {model_file} failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,136 @@
+"""Turn an HTTP request into an endpoint payload: JSON or multipart, with size limits.
+
+JSON is parsed whatever the ``Content-Type`` says (many clients send none); a
+``multipart/form-data`` body becomes the same mapping, file parts as
+:class:`~impasto.media.UploadedFile` and a part named ``json`` (or any JSON-typed part)
+merged in, so both validate against one schema.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from ..config import MediaConfig
+from ..context import OutputPrefs
+from ..errors import MalformedInput, PayloadTooLarge
+from ..media import UploadedFile
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"the body is {declared} bytes; the limit is {limit} (runtime.max_body_bytes)",
+            field="body",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the body exceeds {limit} bytes (runtime.max_body_bytes)", field="body"
+            )
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # let request.form() re-read what was already received
+    return body
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"invalid JSON payload: {exc}", field="body") from None
+
+
+async def parse_form(request: Request, media: MediaConfig) -> dict[str, Any]:
+    """A multipart/urlencoded body as a payload mapping (file parts kept as bytes)."""
+    try:
+        form = await request.form(max_part_size=media.max_part_bytes)
+    except Exception as exc:  # malformed multipart, too many parts, oversized field
+        raise MalformedInput(f"invalid form body: {exc}", field="body") from None
+    payload: dict[str, Any] = {}
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                if len(data) > media.max_part_bytes:
+                    raise PayloadTooLarge(
+                        f"{key}: the part is {len(data)} bytes; the limit is "
+                        f"{media.max_part_bytes} (media.max_part_bytes)",
+                        field=key,
+                    )
+                ctype = (value.content_type or "").split(";")[0].strip().lower()
+                if ctype == "application/json" or (key == "json" and not value.filename):
+                    _merge(payload, key, parse_json(data))
+                    continue
+                item: Any = UploadedFile(data, value.content_type, value.filename)
+            else:
+                item = _form_text(value)
+                if key == "json" and isinstance(item, str):
+                    _merge(payload, key, parse_json(item.encode()))
+                    continue
+            if key in payload:  # repeated keys become lists
+                prev = payload[key]
+                payload[key] = [*prev, item] if isinstance(prev, list) else [prev, item]
+            else:
+                payload[key] = item
+    finally:
+        await form.close()
+    return payload
+
+
+def _merge(payload: dict[str, Any], key: str, data: Any) -> None:
+    if not isinstance(data, dict):
+        raise MalformedInput(f"{key}: the JSON part must be an object", field=key)
+    payload.update(data)
+
+
+def _form_text(value: str) -> Any:
+    """Form values arrive as text; JSON-quoted strings, objects and lists are decoded."""
+    text = value.strip()
+    if text[:1] in ('"', "{", "["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+async def read_payload(request: Request, *, max_body: int, media: MediaConfig) -> Any:
+    body = await read_body(request, max_body)
+    if media_type(request) in FORM_TYPES:
+        return await parse_form(request, media)
+    return parse_json(body)
+
+
+def output_prefs(request: Request, payload: Any) -> OutputPrefs:
+    """Format and quality from the query string or the payload, and the Accept header."""
+    query = request.query_params
+    fmt = query.get("output_format")
+    quality: Any = query.get("quality")
+    if isinstance(payload, dict):
+        fmt = fmt or payload.get("output_format")
+        quality = quality or payload.get("quality")
+    try:
+        quality = int(quality) if quality is not None else None
+    except (TypeError, ValueError):
+        raise MalformedInput("quality must be an integer from 1 to 100", field="quality") from None
+    return OutputPrefs(
+        accept=request.headers.get("accept"),
+        format=str(fmt).lower() if fmt else None,
+        quality=quality,
+    )

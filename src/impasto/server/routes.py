@@ -1,0 +1,214 @@
+"""impasto's own routes: predict and endpoints, readiness and liveness.
+
+Every prediction route is the same thin adapter: read the payload, validate it, call the
+runner with a request context, render the output. Progress streaming (SSE) subscribes to
+the context's events; a client that goes away cancels the context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..context import Event, RequestContext
+from ..errors import ImpastoError
+from ..runner import Runner
+from .errors import error_response
+from .requests import output_prefs, read_payload
+from .responses import FastJSONResponse, gather_stream, render, sse, stream_response, wants
+
+log = logging.getLogger("impasto.server")
+
+
+def request_context(request: Request, runner: Runner, payload: Any) -> RequestContext:
+    timeout = runner.config.runtime.predict_timeout_s
+    return RequestContext(
+        request.scope.get("state", {}).get("request_id"),
+        deadline=time.monotonic() + timeout if timeout else None,
+        output=output_prefs(request, payload),
+    )
+
+
+@contextlib.asynccontextmanager
+async def cancel_on_disconnect(request: Request, ctx: RequestContext) -> AsyncIterator[None]:
+    """While the body of the ``async with`` runs, a client disconnect cancels ``ctx``."""
+    task = asyncio.current_task()
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                log.info("request %s: client disconnected; canceling", ctx.request_id)
+                ctx.cancel("disconnected")
+                if task is not None:
+                    task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
+class Predictor:
+    """The handler behind every prediction route of one endpoint (None: the default)."""
+
+    def __init__(self, runner: Runner, endpoint: str | None) -> None:
+        self.runner = runner
+        self.endpoint = endpoint
+
+    async def handle(self, request: Request) -> Response:
+        runner = self.runner
+        try:
+            endpoint = runner.endpoint(self.endpoint)
+            payload = await read_payload(
+                request, max_body=runner.config.runtime.max_body_bytes, media=runner.config.media
+            )
+            ctx = request_context(request, runner, payload)
+            if wants(ctx.output.accept, "text/event-stream") and not endpoint.streams:
+                return await self._progress_stream(request, endpoint.name, payload, ctx)
+            value = await runner.validate(endpoint, payload)
+            try:
+                async with cancel_on_disconnect(request, ctx):
+                    result = await runner.call(endpoint.name, value, ctx)
+            except asyncio.CancelledError:
+                if ctx.cancel_reason == "disconnected":
+                    return Response(status_code=499)
+                raise
+            if endpoint.streams:
+                if ctx.output.accept and ctx.output.accept.strip() == "application/json":
+                    return await gather_stream(result, runner.config.media)
+                return stream_response(result, ctx.output, runner.config.media)
+            return await render(result, ctx.output, runner.config.media)
+        except ImpastoError as exc:
+            return error_response(exc)
+        except Exception:
+            rid = request.scope.get("state", {}).get("request_id")
+            log.exception("request %s: unhandled error", rid)
+            body = {"error": {"type": "internal_error", "message": "internal error", "field": None}}
+            return JSONResponse(body, status_code=500)
+
+    async def _progress_stream(
+        self, request: Request, name: str, payload: Any, ctx: RequestContext
+    ) -> Response:
+        """SSE: one ``progress`` event per step, optional ``preview``s, then ``result``."""
+        runner = self.runner
+        endpoint = runner.endpoint(name)
+        value = await runner.validate(endpoint, payload)  # 422 before the stream starts
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        ctx.subscribe(lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+        media = runner.config.media
+
+        async def run() -> Response:
+            try:
+                result = await runner.call(name, value, ctx)
+                return await render(result, replace(ctx.output, accept=None), media)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        async def events() -> AsyncIterator[bytes]:
+            task = asyncio.create_task(run())
+            try:
+                while True:
+                    event = await queue.get()
+                    if event is None:
+                        break
+                    yield await _event_frame(event, media)
+                try:
+                    response = await task
+                    yield b"event: result\ndata: " + bytes(response.body) + b"\n\n"
+                except ImpastoError as exc:
+                    yield sse("error", exc.to_dict())
+            finally:
+                if not task.done():  # the client went away mid-stream
+                    ctx.cancel("disconnected")
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+
+async def _event_frame(event: Event, media: Any) -> bytes:
+    if event.kind == "preview":
+        from ..media import encode
+
+        image = event.data["image"]
+        enc = await asyncio.to_thread(encode, image, format="jpeg", quality=70, config=media)
+        return sse("preview", {"step": event.data.get("step"), "image": enc.b64(True)})
+    return sse(event.kind, event.data)
+
+
+def health_routes(runner: Runner, model_name: str) -> list[Route]:
+    def not_ready() -> Response:
+        if runner.state == "failed":
+            message = f"model {model_name} failed to load: {runner.load_error}"
+        else:
+            message = f"model {model_name} is not ready (state: {runner.state})"
+        body = {"error": {"type": "not_ready", "message": message, "field": None}}
+        return JSONResponse(body, status_code=503)
+
+    async def root(request: Request) -> Response:
+        return FastJSONResponse(True)
+
+    async def live(request: Request) -> Response:
+        return FastJSONResponse({"status": "alive"})
+
+    async def ready(request: Request) -> Response:
+        if not runner.ready:
+            return not_ready()
+        return FastJSONResponse({"status": "ready", "model": model_name})
+
+    async def model_ready(request: Request) -> Response:
+        return FastJSONResponse({}) if runner.ready else not_ready()
+
+    async def schema(request: Request) -> Response:
+        if not runner.ready:
+            return not_ready()
+        ep = runner.endpoint(None)
+        if ep.input_model is None and ep.output_model is None:
+            body = {"error": {"type": "not_found", "message": "no schema found", "field": None}}
+            return JSONResponse(body, status_code=404)
+        from .openapi import schema_of
+
+        return FastJSONResponse(
+            {"input_schema": schema_of(ep.input_model), "output_schema": schema_of(ep.output_model)}
+        )
+
+    return [
+        Route("/", root, methods=["GET"]),
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/v1/models/{model_name}", model_ready, methods=["GET"]),
+        Route("/v1/models/{model_name}/loaded", model_ready, methods=["GET"]),
+        Route("/v1/models/{model_name}/schema", schema, methods=["GET"]),
+    ]
+
+
+def predict_routes(runner: Runner) -> list[Route]:
+    """``/predict`` and ``/v1/models/{name}:predict`` for the default endpoint, and
+    ``/<endpoint>`` plus ``/v1/models/{name}/<endpoint>`` for each endpoint."""
+    default = Predictor(runner, None).handle
+    routes = [
+        Route("/predict", default, methods=["POST"]),
+        Route("/v1/models/{model_name}:predict", default, methods=["POST"]),
+    ]
+    for ep in runner.spec.endpoints.values():
+        handler: Callable[[Request], Awaitable[Response]] = Predictor(runner, ep.name).handle
+        if ep.route != "/predict":
+            routes.append(Route(ep.route, handler, methods=["POST"]))
+        routes.append(Route(f"/v1/models/{{model_name}}/{ep.name}", handler, methods=["POST"]))
+    return routes

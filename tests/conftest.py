@@ -1,0 +1,171 @@
+"""Shared fixtures: real servers on free loopback ports, talked to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+PACKAGES = Path(__file__).parent / "packages"
+REPO = Path(__file__).parent.parent
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadServer:
+    """uvicorn serving an app in a background thread of the test process."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def start(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_ready(self.client, timeout)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+class ProcessServer:
+    """`impasto serve` in a subprocess, as a user runs it."""
+
+    def __init__(
+        self, path: Path, *args: str, env: dict[str, str] | None = None, log: Path
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "impasto.cli.main",
+                "serve",
+                str(path),
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait_live(self, timeout: float = 60) -> ProcessServer:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if self.client.get("/health/live").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not live after {timeout}s:\n{self.logs()}")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        wait_ready(self.client, timeout)
+
+    def logs(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def wait_ready(client: httpx.Client, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = client.get("/health/ready")
+            if last.status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"not ready after {timeout}s: {last and last.text}")
+
+
+@pytest.fixture
+def serve_thread() -> Iterator:
+    """Start packages (folders or loaded Package objects) in-process; stopped after the test."""
+    from impasto import build_app
+
+    started: list[ThreadServer] = []
+
+    def start(package, ready: bool = True) -> ThreadServer:
+        server = ThreadServer(build_app(package)).start()
+        started.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator:
+    """Start `impasto serve` subprocesses; stopped after the test."""
+    started: list[ProcessServer] = []
+
+    def start(
+        path: Path, *args: str, env: dict[str, str] | None = None, live: bool = True
+    ) -> ProcessServer:
+        server = ProcessServer(path, *args, env=env, log=tmp_path / f"server{len(started)}.log")
+        started.append(server)
+        if live:
+            server.wait_live()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,2 @@
+def suffix() -> str:
+    return "(from an external package dir)"

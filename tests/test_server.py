@@ -1,0 +1,217 @@
+"""The HTTP server over real sockets: routes, errors, streaming, lifecycle and limits."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+
+import httpx
+import pytest
+
+from conftest import PACKAGES
+
+ERROR_KEYS = {"type", "message", "field"}
+
+
+@pytest.fixture
+def echo(serve_thread):
+    return serve_thread(PACKAGES / "echo")
+
+
+def test_predict_runs_every_stage_without_content_type(echo):
+    r = echo.client.post("/predict", content=b'{"text": "hi"}')
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["stages"] == ["preprocess", "predict", "postprocess"]
+    assert out["shout"] == "HI"
+    assert out["suffix"] == "(from an external package dir)"
+    assert out["greeting"] == "greetings from data"
+    assert out["loads"] == 1
+    assert out["env_var"] == "loud"
+    assert out["thread"].startswith("impasto-model")  # sync code runs off the event loop
+
+
+def test_model_route_accepts_any_name_and_readiness(echo):
+    r = echo.client.post("/v1/models/anything:predict", json={"text": "x"})
+    assert r.status_code == 200 and r.json()["text"] == "x"
+    assert echo.client.get("/v1/models/echo").json() == {}
+    assert echo.client.get("/v1/models/whatever").status_code == 200
+    assert echo.client.get("/health/live").json() == {"status": "alive"}
+    assert echo.client.get("/health/ready").status_code == 200
+    assert echo.client.get("/").json() is True
+
+
+def test_request_id_is_echoed_or_generated(echo):
+    r = echo.client.post("/predict", json={}, headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    generated = echo.client.post("/predict", json={}).headers["x-request-id"]
+    assert len(generated) == 32
+    bad = echo.client.post("/predict", content=b"{oops")
+    assert bad.headers["x-request-id"]
+
+
+def test_malformed_json_is_400_with_error_shape(echo):
+    r = echo.client.post("/predict", content=b"{bad")
+    assert r.status_code == 400
+    body = r.json()["error"]
+    assert set(body) == ERROR_KEYS
+    assert body["type"] == "malformed_input"
+    assert "invalid JSON" in body["message"]
+    assert body["field"] == "body"
+
+
+def test_unknown_route_is_json_404(echo):
+    r = echo.client.get("/nope")
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "not_found"
+
+
+def test_body_limit_is_413(serve_thread, tmp_path):
+    import shutil
+
+    pkg = tmp_path / "echo"
+    shutil.copytree(PACKAGES / "echo", pkg)
+    (tmp_path / "shared_lib").symlink_to(PACKAGES / "shared_lib")
+    cfg = (pkg / "config.yaml").read_text() + "runtime:\n  max_body_bytes: 100\n"
+    (pkg / "config.yaml").write_text(cfg)
+    server = serve_thread(pkg)
+    r = server.client.post("/predict", json={"text": "x" * 200})
+    assert r.status_code == 413
+    assert r.json()["error"]["field"] == "body"
+    assert "runtime.max_body_bytes" in r.json()["error"]["message"]
+
+
+def test_typed_input_422_names_field_and_openapi_has_schemas(serve_thread):
+    server = serve_thread(PACKAGES / "typed")
+    ok = server.client.post("/predict", json={"prompt": "ab", "times": 2, "style": "upper"})
+    assert ok.json() == {"result": "AB AB", "length": 5}
+    bad = server.client.post("/predict", json={"prompt": "ab", "times": 9})
+    assert bad.status_code == 422
+    err = bad.json()["error"]
+    assert err["field"] == "times"
+    assert "less than or equal to 5" in err["message"]
+    missing = server.client.post("/predict", json={})
+    assert missing.status_code == 422 and missing.json()["error"]["field"] == "prompt"
+    not_object = server.client.post("/predict", json=[1, 2])
+    assert not_object.status_code == 422 and not_object.json()["error"]["field"] == "body"
+    spec = server.client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/Request"}
+    request_schema = spec["components"]["schemas"]["Request"]
+    assert request_schema["properties"]["times"]["maximum"] == 5
+    ok_schema = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]
+    assert ok_schema["application/json"]["schema"] == {"$ref": "#/components/schemas/Response"}
+    assert "swagger-ui" in server.client.get("/docs").text
+    schema = server.client.get("/v1/models/typed/schema").json()
+    assert schema["input_schema"]["properties"]["times"]["maximum"] == 5
+    assert schema["output_schema"]["required"] == ["result", "length"]
+
+
+def test_generator_streams_chunks_as_produced(serve_thread):
+    server = serve_thread(PACKAGES / "stream")
+    arrivals = []
+    with server.client.stream("POST", "/predict", json={"n": 3, "delay": 0.3}) as r:
+        assert r.headers["content-type"] == "application/octet-stream"
+        assert r.headers.get("transfer-encoding") == "chunked"
+        for chunk in r.iter_raw():
+            arrivals.append((time.monotonic(), chunk))
+    assert b"".join(c for _, c in arrivals) == b"chunk 0\nchunk 1\nchunk 2\n"
+    assert len(arrivals) == 3
+    assert arrivals[-1][0] - arrivals[0][0] > 0.4  # not buffered until the end
+
+
+def test_generator_sse_and_gathered_json(serve_thread):
+    server = serve_thread(PACKAGES / "stream")
+    r = server.client.post("/events", json={"n": 2}, headers={"Accept": "text/event-stream"})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.text == 'data: {"step":0}\n\ndata: {"step":1}\n\n'
+    gathered = server.client.post("/predict", json={"n": 2}, headers={"Accept": "application/json"})
+    assert gathered.json() == "chunk 0\nchunk 1\n"
+    ndjson = server.client.post("/v1/models/stream/events", json={"n": 2})
+    assert [json.loads(line) for line in ndjson.text.splitlines()] == [{"step": 0}, {"step": 1}]
+
+
+def test_slow_load_is_503_until_ready(serve_thread, monkeypatch):
+    monkeypatch.setenv("LIFECYCLE_LOAD_SECONDS", "1.5")
+    server = serve_thread(PACKAGES / "lifecycle", ready=False)
+    assert server.client.get("/health/live").status_code == 200
+    ready = server.client.get("/health/ready")
+    assert ready.status_code == 503
+    assert "not ready" in ready.json()["error"]["message"]
+    assert server.client.get("/v1/models/lifecycle").status_code == 503
+    early = server.client.post("/predict", json={})
+    assert early.status_code == 503
+    assert early.json()["error"]["type"] == "not_ready"
+    assert "still loading" in early.json()["error"]["message"]
+    server.wait_ready()
+    r = server.client.post("/predict", json={})
+    assert r.status_code == 200 and r.json()["loaded"] is True
+
+
+def test_raising_predict_is_500_without_traceback(serve_process):
+    server = serve_process(PACKAGES / "lifecycle")
+    server.wait_ready()
+    r = server.client.post("/predict", json={"raise": "x"}, headers={"X-Request-ID": "req-42"})
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["type"] == "model_error"
+    assert err["message"] == "ValueError: bad value: x"
+    assert "Traceback" not in r.text
+    time.sleep(0.2)
+    logs = server.logs()
+    assert "req-42" in logs and "Traceback" in logs and "bad value: x" in logs
+    again = server.client.post("/predict", json={})
+    assert again.status_code == 200  # the server keeps serving
+
+
+def test_failing_load_exits_non_zero(serve_process):
+    server = serve_process(PACKAGES / "lifecycle", env={"LIFECYCLE_LOAD_FAIL": "1"}, live=False)
+    assert server.proc.wait(timeout=60) == 6
+    logs = server.logs()
+    assert "weights are missing" in logs and "Traceback" in logs
+
+
+def test_failing_load_with_stay_up_keeps_readiness_failed(serve_process):
+    server = serve_process(PACKAGES / "lifecycle", "--stay-up", env={"LIFECYCLE_LOAD_FAIL": "1"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = server.client.get("/health/ready")
+        if "failed" in r.text:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 503 and "weights are missing" in r.text
+    p = server.client.post("/predict", json={})
+    assert p.status_code == 503 and "failed to load" in p.json()["error"]["message"]
+    assert server.proc.poll() is None
+
+
+def test_concurrency_queue_429_and_timeout_504(serve_thread):
+    server = serve_thread(PACKAGES / "lifecycle")  # concurrency 1, max_queue 1, timeout 2 s
+
+    def call(payload):
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return c.post("/predict", json=payload)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(call, {"sleep": 1.0})
+        time.sleep(0.2)
+        second = pool.submit(call, {"sleep": 0.1})
+        time.sleep(0.2)
+        third = pool.submit(call, {"sleep": 0.1})
+        results = [first.result(), second.result(), third.result()]
+    assert [r.status_code for r in results] == [200, 200, 429]
+    assert results[2].headers["retry-after"] == "1"
+    assert results[2].json()["error"]["type"] == "overloaded"
+    slow = server.client.post("/predict", json={"sleep": 3})
+    assert slow.status_code == 504
+    assert "runtime.predict_timeout_s" in slow.json()["error"]["message"]
+    # the slot stays held until the thread finishes, then the server is usable again
+    time.sleep(1.5)
+    assert server.client.post("/predict", json={}).status_code == 200
+
+
+def test_metrics_count_by_endpoint(echo):
+    echo.client.post("/predict", json={})
+    text = echo.client.get("/metrics").text
+    assert 'impasto_requests_total{endpoint="predict",outcome="ok"}' in text

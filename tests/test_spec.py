@@ -1,0 +1,166 @@
+"""Model class inspection and the in-process runner: init arguments, flavours, schemas."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from impasto import PackageError, RequestContext, Runner, inspect_model, load_package, parse_config
+
+INIT_ARGS = ("config", "data_dir", "secrets", "environment")
+
+
+def _write_package(root: Path, model_code: str, config: str = "model_name: t\n") -> Path:
+    (root / "model").mkdir(parents=True)
+    (root / "model" / "model.py").write_text(textwrap.dedent(model_code))
+    (root / "config.yaml").write_text(config)
+    (root / "data").mkdir()
+    return root
+
+
+async def _predict(package, payload, endpoint=None):
+    runner = Runner(package.spec, package.factory(), package.config)
+    assert await runner.load(), runner.load_error
+    try:
+        ep = runner.endpoint(endpoint)
+        value = await runner.validate(ep, payload)
+        return await runner.call(ep.name, value, RequestContext())
+    finally:
+        await runner.aclose()
+
+
+SUBSETS = [
+    combo for n in range(len(INIT_ARGS) + 1) for combo in itertools.combinations(INIT_ARGS, n)
+]
+
+
+@pytest.mark.parametrize("args", [*SUBSETS, ("**kwargs",)], ids=lambda a: "-".join(a) or "none")
+def test_every_init_argument_combination(tmp_path, args, monkeypatch):
+    monkeypatch.setenv("IMPASTO_ENVIRONMENT", "staging")
+    params = ", ".join(args)
+    signature = f"self, {params}" if params else "self"
+    body = "self.seen = {k: v for k, v in locals().items() if k != 'self'}"
+    code = f"""
+    class Model:
+        def __init__({signature}):
+            {body}
+
+        def predict(self, model_input):
+            seen = dict(self.seen.get("kwargs", self.seen))
+            return {{k: type(v).__name__ for k, v in seen.items()}}
+    """
+    pkg = load_package(_write_package(tmp_path, code))
+    out = asyncio.run(_predict(pkg, {}))
+    expected = set(INIT_ARGS) if args == ("**kwargs",) else set(args)
+    assert set(out) == expected
+    if "config" in out:
+        assert out["config"] == "dict"
+    if "data_dir" in out:
+        assert out["data_dir"] in ("PosixPath", "WindowsPath")
+    if "secrets" in out:
+        assert out["secrets"] == "Secrets"
+    if "environment" in out:
+        assert out["environment"] == "str"
+
+
+def test_unknown_init_argument_fails_fast_with_signature(tmp_path):
+    code = """
+    class Model:
+        def __init__(self, config, weights_path):
+            pass
+
+        def predict(self, x):
+            return x
+    """
+    pattern = r"Model.__init__\(self, config, weights_path\).*weights_path"
+    with pytest.raises(PackageError, match=pattern):
+        load_package(_write_package(tmp_path, code))
+
+
+def test_missing_predict_and_missing_class_are_clear(tmp_path):
+    with pytest.raises(PackageError, match="no predict"):
+        load_package(_write_package(tmp_path / "a", "class Model:\n    pass\n"))
+    with pytest.raises(PackageError, match="no class `Model`"):
+        load_package(_write_package(tmp_path / "b", "class Other:\n    pass\n"))
+    with pytest.raises(PackageError, match=r"model\.py not found"):
+        load_package(tmp_path / "a" / "data")
+
+
+def test_flavours_are_read_once():
+    class Model:
+        async def preprocess(self, x):
+            return x
+
+        def predict(self, model_input):
+            yield b"x"
+
+    spec = inspect_model(Model)
+    ep = spec.endpoints["predict"]
+    assert ep.streams and ep.call.is_generator and not ep.call.is_async
+    assert ep.preprocess is not None and ep.preprocess.is_async
+
+
+def test_postprocess_with_streaming_predict_is_rejected():
+    class Model:
+        def predict(self, model_input):
+            yield 1
+
+        def postprocess(self, out):
+            return out
+
+    with pytest.raises(PackageError, match="postprocess cannot be combined"):
+        inspect_model(Model)
+
+
+def test_parameters_become_an_input_schema():
+    class Model:
+        def predict(self, prompt: str, steps: int = 4, context: RequestContext = None):
+            return {"prompt": prompt, "steps": steps, "has_context": context is not None}
+
+    spec = inspect_model(Model)
+    ep = spec.endpoints["predict"]
+    assert ep.call.style == "fields"
+    assert ep.call.context_param == "context"
+    schema = ep.input_model.model_json_schema()
+    assert schema["required"] == ["prompt"]
+    assert schema["properties"]["steps"]["default"] == 4
+
+
+def test_config_endpoints_and_batch_length_contract(tmp_path):
+    code = """
+    class Model:
+        def predict(self, x):
+            return x
+
+        def embed(self, model_input):
+            return {"n": len(model_input.get("text", ""))}
+
+        def bad_batch(self, inputs: list):
+            return inputs[:-1]
+    """
+    config = textwrap.dedent("""
+    model_name: t
+    endpoints:
+      - method: embed
+      - method: bad_batch
+        name: broken
+        batchable: true
+    """)
+    pkg = load_package(_write_package(tmp_path, code, config))
+    assert list(pkg.spec.endpoints) == ["predict", "embed", "broken"]
+    assert asyncio.run(_predict(pkg, {"text": "abc"}, "embed")) == {"n": 3}
+    from impasto import ModelError
+
+    with pytest.raises(ModelError, match="returned 0 outputs for 1 inputs"):
+        asyncio.run(_predict(pkg, {"a": 1}, "broken"))
+
+
+def test_parse_config_defaults_are_sane():
+    config = parse_config({})
+    assert config.runtime.predict_concurrency == 1
+    assert config.runtime.max_queue > 0
+    assert config.batching.max_batch_size >= 1
