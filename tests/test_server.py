@@ -215,3 +215,36 @@ def test_metrics_count_by_endpoint(echo):
     echo.client.post("/predict", json={})
     text = echo.client.get("/metrics").text
     assert 'impasto_requests_total{endpoint="predict",outcome="ok"}' in text
+
+
+def test_async_stages_run_concurrently_on_the_loop(serve_thread):
+    server = serve_thread(PACKAGES / "async_stages")  # predict_concurrency: 4
+
+    def call(x):
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return c.post("/predict", json={"x": x, "sleep": 0.5}).json()
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, range(4)))
+    elapsed = time.monotonic() - started
+    assert [r["y"] for r in results] == [0, 2, 4, 6]
+    assert results[0]["trail"] == ["pre", "predict", "post"]
+    assert results[0]["model"] == "async-stages"
+    assert elapsed < 1.5  # four 0.5 s predictions overlapped
+
+
+def test_wait_for_load_holds_requests_instead_of_503(serve_thread, tmp_path, monkeypatch):
+    import shutil
+
+    pkg = tmp_path / "lifecycle"
+    shutil.copytree(PACKAGES / "lifecycle", pkg)
+    text = (
+        (pkg / "config.yaml").read_text().replace("runtime:\n", "runtime:\n  wait_for_load: true\n")
+    )
+    (pkg / "config.yaml").write_text(text.replace("predict_timeout_s: 2", "predict_timeout_s: 10"))
+    monkeypatch.setenv("LIFECYCLE_LOAD_SECONDS", "1")
+    server = serve_thread(pkg, ready=False)
+    assert server.client.get("/health/ready").status_code == 503
+    r = server.client.post("/predict", json={})
+    assert r.status_code == 200 and r.json()["loaded"] is True
