@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ImpastoError
 
@@ -25,9 +26,9 @@ def fail(exc: BaseException) -> typer.Exit:
     if DEBUG["on"]:
         err_console.print(traceback.format_exc(), markup=False)
     if isinstance(exc, ImpastoError):
-        err_console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
         return typer.Exit(exc.exit_code)
-    err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(f'{type(exc).__name__}: {exc}')}", soft_wrap=True)
     return typer.Exit(1)
 
 

@@ -54,7 +54,7 @@ class ModelRef:
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
-        """Parse ``NAME``, ``NAME:VERSION`` or ``NAME:latest``; raise :class:`StoreError` if invalid."""
+        """Parse ``NAME``, ``NAME:VERSION`` or ``NAME:latest``; :class:`StoreError` if invalid."""
         text = text.strip()
         name, sep, version = text.partition(":")
         if sep and not version:
