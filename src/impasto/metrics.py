@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -32,6 +34,12 @@ class Metrics:
             ["endpoint", "reason"],
             registry=self.registry,
         )
+        self.steps = Counter(
+            "impasto_progress_steps",
+            "Progress steps reported by models (e.g. denoising steps), by endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self.queue = Gauge(
             "impasto_queue_depth", "Requests waiting for a model slot.", registry=self.registry
         )
@@ -41,6 +49,11 @@ class Metrics:
         self.latency.labels(endpoint).observe(seconds)
         if outcome in ("canceled", "timeout"):
             self.canceled.labels(endpoint, outcome).inc()
+
+    def subscribe(self, ctx: Any, endpoint: str) -> None:
+        """Count the progress events of one request."""
+        counter = self.steps.labels(endpoint)
+        ctx.subscribe(lambda event: counter.inc() if event.kind == "progress" else None)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -187,6 +187,8 @@ class Runner:
         iterator of chunks when the endpoint streams."""
         endpoint = self.endpoint(name)
         await self._ensure_ready(ctx)
+        if self.metrics is not None:
+            self.metrics.subscribe(ctx, endpoint.name)
         started = time.monotonic()
         status = "ok"
         try:
@@ -258,14 +260,19 @@ class Runner:
                 f"(runtime.max_queue={self.config.runtime.max_queue}); retry shortly",
                 headers={"Retry-After": "1"},
             )
-        self._waiting += 1
+        self._set_waiting(+1)
         try:
             await asyncio.wait_for(self._slots.acquire(), ctx.remaining())
         except TimeoutError:
             ctx.cancel("timeout")
             raise PredictTimeout(self._timeout_message("while waiting in the queue")) from None
         finally:
-            self._waiting -= 1
+            self._set_waiting(-1)
+
+    def _set_waiting(self, delta: int) -> None:
+        self._waiting += delta
+        if self.metrics is not None:
+            self.metrics.queue.set(self._waiting)
 
     def _timeout_message(self, where: str = "") -> str:
         limit = self.config.runtime.predict_timeout_s
