@@ -82,6 +82,8 @@ class BatchQueue:
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
             ctx.cancel("disconnected")
+            # nobody awaits this future any more; retrieve its outcome so none is reported lost
+            item.future.add_done_callback(lambda f: f.cancelled() or f.exception())
             if item in self._pending:
                 self._pending.remove(item)
             raise

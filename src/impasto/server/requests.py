@@ -56,10 +56,14 @@ def parse_json(body: bytes) -> Any:
         raise MalformedInput(f"invalid JSON payload: {exc}", field="body") from None
 
 
-async def parse_form(request: Request, media: MediaConfig) -> dict[str, Any]:
-    """A multipart/urlencoded body as a payload mapping (file parts kept as bytes)."""
+async def parse_form(request: Request, media: MediaConfig, max_body: int) -> dict[str, Any]:
+    """A multipart/urlencoded body as a payload mapping (file parts kept as bytes).
+
+    Text fields are bounded only by the body limit, as in JSON: a media field sent as text
+    (base64, a data: URI) gets its size checked on decode, which names the field.
+    """
     try:
-        form = await request.form(max_part_size=media.max_part_bytes)
+        form = await request.form(max_part_size=max_body)
     except Exception as exc:  # malformed multipart, too many parts, oversized field
         raise MalformedInput(f"invalid form body: {exc}", field="body") from None
     payload: dict[str, Any] = {}
@@ -80,8 +84,10 @@ async def parse_form(request: Request, media: MediaConfig) -> dict[str, Any]:
                 item: Any = UploadedFile(data, value.content_type, value.filename)
             else:
                 item = _form_text(value)
-                if key == "json" and isinstance(item, str):
-                    _merge(payload, key, parse_json(item.encode()))
+                if key == "json":  # one JSON part holding the other fields
+                    _merge(
+                        payload, key, parse_json(item.encode()) if isinstance(item, str) else item
+                    )
                     continue
             if key in payload:  # repeated keys become lists
                 prev = payload[key]
@@ -112,8 +118,11 @@ def _form_text(value: str) -> Any:
 
 async def read_payload(request: Request, *, max_body: int, media: MediaConfig) -> Any:
     body = await read_body(request, max_body)
-    if media_type(request) in FORM_TYPES:
-        return await parse_form(request, media)
+    kind = media_type(request)
+    if kind == "application/x-www-form-urlencoded" and body.lstrip()[:1] in (b"{", b"["):
+        return parse_json(body)  # `curl -d '{...}'` labels JSON as a form
+    if kind in FORM_TYPES:
+        return await parse_form(request, media, max_body)
     return parse_json(body)
 
 
