@@ -40,6 +40,13 @@ class Metrics:
             ["endpoint"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "impasto_batch_size",
+            "Inputs merged into one batched model call, by endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+        )
         self.queue = Gauge(
             "impasto_queue_depth", "Requests waiting for a model slot.", registry=self.registry
         )

@@ -287,6 +287,8 @@ class Runner:
             assert call is not None
 
             async def run(values: list[Any], ctxs: list[RequestContext]) -> list[Any]:
+                if self.metrics is not None:
+                    self.metrics.batch_size.labels(endpoint.name).observe(len(values))
                 ctx0 = ctxs if call.context_param == "contexts" else ctxs[0]
                 return await self._invoke(call, values, ctx0)
 
