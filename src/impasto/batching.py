@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,6 +168,9 @@ class BatchQueue:
         return self._take() if self._pending else []
 
     async def _dispatch(self, batch: list[_Item]) -> None:
+        now = time.monotonic()
+        for item in batch:
+            item.ctx.timings["queue_s"] = now - item.ctx.created
         try:
             outputs = await self._run([i.value for i in batch], [i.ctx for i in batch])
             if not isinstance(outputs, list | tuple) or len(outputs) != len(batch):

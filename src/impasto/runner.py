@@ -234,6 +234,7 @@ class Runner:
     async def _slot(self, ctx: RequestContext, work: Callable[[], Any]) -> Any:
         """Wait for a prediction slot (bounded queue, deadline) and run ``work`` in it."""
         await self._admit(ctx)
+        ctx.timings["queue_s"] = time.monotonic() - ctx.created
         task = asyncio.ensure_future(work())
         task.add_done_callback(lambda _t: self._slots.release())
         try:

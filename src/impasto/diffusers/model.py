@@ -219,7 +219,7 @@ class DiffusersModel:
         hook = StepHook(contexts, batch.spans, first.num_inference_steps, self.cfg.preview_every)
         loras = [(lo.ref, lo.scale) for lo in first.loras]
         out, pipe, seconds = self._call(task, first.scheduler, batch.kwargs, hook, loras)
-        timings = {"inference_s": seconds}
+        timings = {"queue_s": contexts[0].timings.get("queue_s", 0.0), "inference_s": seconds}
         if loras and self.loras is not None:
             timings["lora_load_s"] = self.loras.load_seconds
         results = []
@@ -257,7 +257,7 @@ class DiffusersModel:
             video=Video(list(out.frames[0]), fps=input.fps),
             seed=seed,
             recipe=recipe,
-            timings={"inference_s": seconds},
+            timings={"queue_s": context.timings.get("queue_s", 0.0), "inference_s": seconds},
         )
 
     def _call(
