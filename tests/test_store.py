@@ -700,3 +700,15 @@ def test_real_pipeline_loads_from_store(store: ModelStore, sd_folder: Path) -> N
     pipe = DiffusionPipeline.from_pretrained(resolved.path)
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     assert pipe.tokenizer.model_max_length == 77
+
+
+def test_python_api_import_model(store: ModelStore, folder: Path) -> None:
+    from impasto.diffusers import import_model
+
+    stored = import_model("api-model:v1", folder, home=store.home)
+    assert str(stored.ref) == "api-model:v1"
+    assert store.resolve("api-model:latest").path == stored.path
+    with pytest.raises(StoreError, match="only apply to hub imports"):
+        import_model("api-model:v2", folder, home=store.home, revision="main")
+    with pytest.raises(StoreError, match="neither a folder nor a hub repo id"):
+        import_model("api-model:v3", "/no/such/folder", home=store.home)

@@ -7,7 +7,6 @@ errors become one red line on stderr and the error's exit code.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timezone
@@ -29,7 +28,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..errors import StoreError
 from ..store import ModelStore, ProgressFn, StoredModel
 from ..store.files import pickle_files
 from .output import fail
@@ -39,8 +37,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or YAML.")]
 
@@ -158,34 +154,18 @@ def import_(
     """Import a model folder or a Hugging Face repo; prints the stored NAME:VERSION."""
     store = ModelStore()
     with _errors():
-        folder = Path(source).expanduser()
-        if folder.exists() or not _HUB_ID.match(source):
-            if not folder.exists():
-                raise StoreError(
-                    f"SOURCE {source} is neither a folder nor a hub repo id such as org/name"
-                )
-            hub_only = {"--revision": revision, "--variant": variant}
-            hub_only |= {"--include": include, "--exclude": exclude}
-            used = [flag for flag, value in hub_only.items() if value]
-            if used:
-                raise StoreError(f"{', '.join(used)} only apply to hub imports, not to a folder")
-            with _progress() as progress:
-                stored = store.import_folder(
-                    ref, folder, allow_pickle=allow_pickle, force=force, progress=progress
-                )
-        else:
-            with _progress() as progress:
-                stored = store.import_hub(
-                    ref,
-                    source,
-                    revision=revision,
-                    variant=variant,
-                    include=include,
-                    exclude=exclude,
-                    allow_pickle=allow_pickle,
-                    force=force,
-                    progress=progress,
-                )
+        with _progress() as progress:
+            stored = store.import_source(
+                ref,
+                source,
+                revision=revision,
+                variant=variant,
+                include=include,
+                exclude=exclude,
+                allow_pickle=allow_pickle,
+                force=force,
+                progress=progress,
+            )
         if pickles := pickle_files(stored.manifest.files):
             _err().print(
                 f"[yellow]warning:[/yellow] imported pickle weights ({escape(', '.join(pickles))});"

@@ -3,6 +3,9 @@
 Importing this package is cheap; torch and diffusers load when a pipeline does.
 """
 
+from pathlib import Path
+from typing import Any
+
 from .calls import batch_cost, batch_key
 from .model import DiffusersModel, model_class_for
 from .pipelines import (
@@ -26,6 +29,18 @@ from .schemas import (
 )
 from .tiny import build_tiny_lora, build_tiny_sd, build_tiny_sdxl, build_tiny_svd
 
+
+def import_model(ref: str, source: str | Path, *, home: Path | None = None, **options: Any) -> Any:
+    """Import a diffusers folder or hub repo into the model store (``impasto models import``).
+
+    ``options`` are those of :meth:`impasto.store.ModelStore.import_source` (``revision``,
+    ``variant``, ``include``, ``exclude``, ``token``, ``allow_pickle``, ``force``).
+    """
+    from ..store import ModelStore
+
+    return ModelStore(home).import_source(ref, source, **options)
+
+
 __all__ = [
     "DEFAULT_SCHEDULERS",
     "TASKS",
@@ -45,6 +60,7 @@ __all__ = [
     "build_tiny_sd",
     "build_tiny_sdxl",
     "build_tiny_svd",
+    "import_model",
     "load_pipelines",
     "make_schemas",
     "model_class_for",

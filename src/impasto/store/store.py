@@ -11,6 +11,7 @@ import builtins
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,8 @@ from .manifest import (
 )
 from .refs import ModelRef, new_version
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
 
 @dataclass(frozen=True)
 class StoredModel:
@@ -68,6 +71,47 @@ class ModelStore:
         self.tmp_dir = self.home / "tmp"
 
     # -- registering -------------------------------------------------------------------------
+
+    def import_source(
+        self,
+        ref: str | ModelRef,
+        source: str | Path,
+        *,
+        revision: str | None = None,
+        variant: str | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        token: str | None = None,
+        allow_pickle: bool = False,
+        force: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> StoredModel:
+        """Import ``source``: an existing folder, else a hub repo id such as ``org/name``."""
+        folder = Path(source).expanduser()
+        if folder.exists():
+            hub_only = {"revision": revision, "variant": variant, "include": include}
+            used = [name for name, value in {**hub_only, "exclude": exclude}.items() if value]
+            if used:
+                raise StoreError(f"{', '.join(used)} only apply to hub imports, not to a folder")
+            return self.import_folder(
+                ref, folder, allow_pickle=allow_pickle, force=force, progress=progress
+            )
+        if not _HUB_ID.match(str(source)):
+            raise StoreError(
+                f"SOURCE {source} is neither a folder nor a hub repo id such as org/name"
+            )
+        return self.import_hub(
+            ref,
+            str(source),
+            revision=revision,
+            variant=variant,
+            include=include,
+            exclude=exclude,
+            token=token,
+            allow_pickle=allow_pickle,
+            force=force,
+            progress=progress,
+        )
 
     def import_folder(
         self,
