@@ -248,3 +248,23 @@ def test_wait_for_load_holds_requests_instead_of_503(serve_thread, tmp_path, mon
     assert server.client.get("/health/ready").status_code == 503
     r = server.client.post("/predict", json={})
     assert r.status_code == 200 and r.json()["loaded"] is True
+
+
+def test_predict_batch_merges_concurrent_requests(serve_thread):
+    server = serve_thread(PACKAGES / "batcher")  # max_batch_size 4, max_wait_ms 200
+
+    def call(payload):
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return c.post("/predict", json=payload)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, [{"x": i} for i in range(8)]))
+    bodies = [r.json() for r in results]
+    assert [b["y"] for b in bodies] == [i * i for i in range(8)]  # each caller gets its own
+    assert max(b["batch"] for b in bodies) > 1
+    assert all(b["batch"] <= 4 for b in bodies)
+    metrics = server.client.get("/metrics").text
+    assert 'impasto_batch_size_sum{endpoint="predict"} 8.0' in metrics
+    broken = server.client.post("/predict", json={"x": 1, "short": True})
+    assert broken.status_code == 500
+    assert "returned 0 outputs for 1 inputs" in broken.json()["error"]["message"]
