@@ -251,6 +251,18 @@ def test_cancel_from_another_thread_stops_within_a_step(sd):
     np.testing.assert_array_equal(pixels(run(sd, seed=5)), pixels(reference))
 
 
+def test_deadline_stops_generation_within_a_step(sd):
+    import time
+
+    from impasto.errors import PredictTimeout
+
+    events: list = []
+    ctx = RequestContext(sink=events.append, deadline=time.monotonic() + 0.3)
+    with pytest.raises(PredictTimeout):
+        run(sd, ctx=ctx, seed=5, num_inference_steps=30, width=64, height=64)
+    assert len([e for e in events if e.kind == "progress"]) < 30
+
+
 def test_cancelled_before_start_runs_nothing(sd):
     events: list = []
     ctx = RequestContext(sink=events.append)
