@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
 from ..runner import Runner
 from ..spec import EndpointSpec
@@ -26,34 +28,88 @@ _ERROR = {
 }
 
 
-def schema_of(model: type[BaseModel] | None, defs: dict[str, Any] | None = None) -> Any:
-    """A model's JSON schema with its ``$defs`` hoisted into ``defs`` (None: any JSON)."""
+def schema_of(
+    model: type[BaseModel] | None,
+    defs: dict[str, Any] | None = None,
+    mode: JsonSchemaMode = "validation",
+) -> Any:
+    """A model's JSON schema with its ``$defs`` hoisted into ``defs`` (None: any JSON).
+
+    ``mode="serialization"`` is the schema of an output: media fields there are the encoded
+    object a JSON response carries, not the binary string an input takes.
+    """
     if model is None:
         return {}
     try:
-        schema = model.model_json_schema(ref_template=_REF)
+        schema = model.model_json_schema(ref_template=_REF, mode=mode)
     except Exception:  # outputs holding arbitrary objects have no JSON schema
         return {"type": "object", "title": model.__name__}
-    for name, sub in schema.pop("$defs", {}).items():
-        if defs is not None:
-            defs[name] = sub
-    if defs is not None:
-        defs[model.__name__] = schema
-        return {"$ref": _REF.format(model=model.__name__)}
-    return schema
+    if defs is None:
+        return schema
+    suffix = "Output" if mode == "serialization" else "Input"
+    names = {n: _def_name(n, sub, defs, suffix) for n, sub in schema.get("$defs", {}).items()}
+    name = _def_name(model.__name__, schema, defs, suffix)
+    if any(old != new for old, new in names.items()):  # a name clash between modes: rename
+        schema = _rename_refs(schema, names)
+    for old, sub in schema.pop("$defs", {}).items():
+        defs[names[old]] = sub
+    defs[name] = schema
+    return {"$ref": _REF.format(model=name)}
 
 
-def _multipart(schema: dict[str, Any]) -> bool:
-    """Whether the input has binary (media) fields, so a multipart body makes sense."""
-    return "binary" in repr(schema)
+def _def_name(name: str, schema: dict[str, Any], defs: dict[str, Any], suffix: str) -> str:
+    """``name``, else the first of ``name`` + ``suffix`` (+ 2, 3...) that ``defs`` does not
+    hold another schema under: a model used as an input and as an output (its media fields
+    differ between the two), or two models of one name."""
+    more = (f"{name}{suffix}{i}" for i in itertools.count(2))
+    return next(
+        candidate
+        for candidate in itertools.chain([name, name + suffix], more)
+        if candidate not in defs or _without_defs(defs[candidate]) == _without_defs(schema)
+    )
+
+
+def _without_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k != "$defs"}
+
+
+def _rename_refs(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        out = {k: _rename_refs(v, names) for k, v in value.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith(_REF.format(model="")):
+            old = ref.rsplit("/", 1)[1]
+            out["$ref"] = _REF.format(model=names.get(old, old))
+        return out
+    if isinstance(value, list):
+        return [_rename_refs(v, names) for v in value]
+    return value
+
+
+def _has_binary(schema: Any, defs: dict[str, Any], seen: set[str] | None = None) -> bool:
+    """Whether a schema (following its refs into ``defs``) has a binary (media) field."""
+    seen = set() if seen is None else seen
+    if isinstance(schema, dict):
+        if schema.get("format") == "binary":
+            return True
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref not in seen:
+            seen.add(ref)
+            if _has_binary(defs.get(ref.rsplit("/", 1)[1]), defs, seen):
+                return True
+        return any(_has_binary(v, defs, seen) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_binary(v, defs, seen) for v in schema)
+    return False
 
 
 def _operation(ep: EndpointSpec, defs: dict[str, Any], model_name: str) -> dict[str, Any]:
     body_schema = schema_of(ep.input_model, defs)
     content: dict[str, Any] = {"application/json": {"schema": body_schema}}
-    if ep.input_model is not None and _multipart(defs.get(ep.input_model.__name__, {})):
+    if _has_binary(body_schema, defs):  # media fields: files may come as multipart parts
         content["multipart/form-data"] = {"schema": body_schema}
-    ok: dict[str, Any] = {"application/json": {"schema": schema_of(ep.output_model, defs)}}
+    output = schema_of(ep.output_model, defs, mode="serialization")
+    ok: dict[str, Any] = {"application/json": {"schema": output}}
     if ep.streams:
         ok = {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},

@@ -9,8 +9,12 @@ merged in, so both validate against one schema.
 from __future__ import annotations
 
 import json
+import types
+import typing
+from collections.abc import Collection, Sequence
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
@@ -116,30 +120,82 @@ def _form_text(value: str) -> Any:
     return value
 
 
-async def read_payload(request: Request, *, max_body: int, media: MediaConfig) -> Any:
+async def read_payload(
+    request: Request,
+    *,
+    max_body: int,
+    media: MediaConfig,
+    model: type[BaseModel] | None = None,
+) -> Any:
+    """The payload of a request; ``model`` (the endpoint's input schema) shapes form values."""
     body = await read_body(request, max_body)
     kind = media_type(request)
     if kind == "application/x-www-form-urlencoded" and body.lstrip()[:1] in (b"{", b"["):
         return parse_json(body)  # `curl -d '{...}'` labels JSON as a form
     if kind in FORM_TYPES:
-        return await parse_form(request, media, max_body)
+        return as_lists(await parse_form(request, media, max_body), model)
     return parse_json(body)
 
 
-def output_prefs(request: Request, payload: Any) -> OutputPrefs:
-    """Format and quality from the query string or the payload, and the Accept header."""
+def as_lists(payload: dict[str, Any], model: type[BaseModel] | None) -> dict[str, Any]:
+    """A form repeats a key for each item of a list, so one item arrives as a single value:
+    wrap it for the fields that ``model`` declares as lists (``images: list[Image]``)."""
+    if model is None:
+        return payload
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key in payload and not isinstance(payload[key], list) and _is_list(info.annotation):
+            payload[key] = [payload[key]]
+    return payload
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _is_list(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list(arg) for arg in typing.get_args(annotation))
+    return (origin or annotation) in (list, tuple, set, frozenset, Sequence)
+
+
+def output_prefs(
+    request: Request, payload: Any, fields: Collection[str] | None = None
+) -> OutputPrefs:
+    """Format and quality from the query string or the payload, and the Accept header.
+
+    The query string is the client talking to impasto: a bad ``quality`` there is a 400. In
+    the payload, ``output_format`` and ``quality`` count where the endpoint's input schema
+    has them (``fields``; None: any payload) and only when usable, since a model's own field
+    of that name may mean something else (``quality: "draft"``).
+    """
     query = request.query_params
-    fmt = query.get("output_format")
+    fmt: Any = query.get("output_format")
     quality: Any = query.get("quality")
+    if quality is not None:
+        quality = _quality(quality)
+        if quality is None:
+            raise MalformedInput("quality must be an integer from 1 to 100", field="quality")
     if isinstance(payload, dict):
-        fmt = fmt or payload.get("output_format")
-        quality = quality or payload.get("quality")
-    try:
-        quality = int(quality) if quality is not None else None
-    except (TypeError, ValueError):
-        raise MalformedInput("quality must be an integer from 1 to 100", field="quality") from None
+        mine = {k: payload.get(k) for k in _PREFS if fields is None or k in fields}
+        given = mine.get("output_format")
+        fmt = fmt or (given if isinstance(given, str) else None)
+        quality = quality or _quality(mine.get("quality"))
     return OutputPrefs(
         accept=request.headers.get("accept"),
         format=str(fmt).lower() if fmt else None,
         quality=quality,
     )
+
+
+_PREFS = ("output_format", "quality")
+
+
+def _quality(value: Any) -> int | None:
+    """An integer quality from 1 to 100 (form values arrive as text), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if 1 <= number <= 100 else None

@@ -36,8 +36,10 @@ class FastJSONResponse(JSONResponse):
 
 
 def _media_kind(value: Any) -> str:
-    from ..media import Video
+    from ..media import Audio, File, Video
 
+    if isinstance(value, Audio | File):
+        return "file"  # kept as sent: only an Accept naming its own content type gets raw bytes
     return "video" if isinstance(value, Video) else "image"
 
 
@@ -46,7 +48,9 @@ def _encode_response(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Res
     found = find_media(result)
     if len(found) == 1:
         value = found[0]
-        fmt = format_for_accept(prefs.accept, _media_kind(value))
+        kind = _media_kind(value)
+        default = prefs.format or (media.video_format if kind == "video" else media.image_format)
+        fmt = format_for_accept(prefs.accept, kind, default)  # image/* and video/*: the default
         if fmt is not None or _is_file_accept(prefs.accept, value):
             enc = encode(value, format=fmt or prefs.format, quality=prefs.quality, config=media)
             return Response(enc.data, media_type=enc.content_type)
@@ -59,10 +63,11 @@ def _encode_response(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Res
 
 
 def _is_file_accept(accept: str | None, value: Any) -> bool:
-    from ..media import File
+    """An ``Audio`` or ``File`` result whose own content type the client asked for."""
+    from ..media import Audio, File
 
     ctype = getattr(value, "content_type", None)
-    return isinstance(value, File) and bool(ctype) and wants(accept, ctype)
+    return isinstance(value, Audio | File) and bool(ctype) and wants(accept, ctype.split(";")[0])
 
 
 async def render(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Response:

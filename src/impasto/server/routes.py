@@ -72,7 +72,10 @@ class Predictor:
         try:
             endpoint = runner.endpoint(self.endpoint)
             payload = await read_payload(
-                request, max_body=runner.config.runtime.max_body_bytes, media=runner.config.media
+                request,
+                max_body=runner.config.runtime.max_body_bytes,
+                media=runner.config.media,
+                model=endpoint.input_model,
             )
             ctx = request_context(request, runner, payload)
             if wants(ctx.output.accept, "text/event-stream") and not endpoint.streams:
@@ -185,7 +188,10 @@ def health_routes(runner: Runner, model_name: str) -> list[Route]:
         from .openapi import schema_of
 
         return FastJSONResponse(
-            {"input_schema": schema_of(ep.input_model), "output_schema": schema_of(ep.output_model)}
+            {
+                "input_schema": schema_of(ep.input_model),
+                "output_schema": schema_of(ep.output_model, mode="serialization"),
+            }
         )
 
     return [

@@ -8,7 +8,9 @@ class Model:
         self.secrets = secrets
 
     def load(self):
-        log.warning("loaded with secrets %s and api_key=%s", self.secrets, self.secrets.get("api_key"))
+        log.warning(
+            "loaded with secrets %s and api_key=%s", self.secrets, self.secrets.get("api_key")
+        )
 
     def predict(self, model_input):
         if model_input.get("leak"):
