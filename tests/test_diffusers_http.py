@@ -83,7 +83,11 @@ def test_text2img_json_carries_images_seeds_recipe_and_timings(sd):
     recipe = body["recipe"]
     assert recipe["seed"] == 3 and recipe["steps"] == 4 and recipe["width"] == 64
     assert recipe["model"].startswith("tiny-sd:") and recipe["pipeline"]
-    assert body["timings"]["inference_s"] > 0 and body["timings"]["queue_s"] >= 0
+    timings = body["timings"]
+    assert timings["inference_s"] > 0 and timings["queue_s"] >= 0 and timings["encode_s"] > 0
+    assert {"queue", "total", "encode"} <= {
+        span.split(";")[0].strip() for span in r.headers["server-timing"].split(",")
+    }
 
 
 def test_predict_is_the_first_task_and_openapi_has_typed_routes(sd):

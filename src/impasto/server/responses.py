@@ -7,6 +7,7 @@ runs in a worker thread so the event loop keeps serving while an image is encode
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -58,7 +59,10 @@ def _encode_response(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Res
         parts = [encode(v, format=prefs.format, quality=prefs.quality, config=media) for v in found]
         body, ctype = encode_multipart(parts, boundary=uuid.uuid4().hex)
         return Response(body, media_type=ctype)
+    started = time.perf_counter()
     body = to_jsonable(result, format=prefs.format, quality=prefs.quality, config=media)
+    if isinstance(body, dict) and isinstance(body.get("timings"), dict):
+        body["timings"]["encode_s"] = time.perf_counter() - started  # results that report timings
     return Response(dumps(body), media_type="application/json")
 
 
@@ -70,12 +74,23 @@ def _is_file_accept(accept: str | None, value: Any) -> bool:
     return isinstance(value, Audio | File) and bool(ctype) and wants(accept, ctype.split(";")[0])
 
 
-async def render(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Response:
+async def render(
+    result: Any, prefs: OutputPrefs, media: MediaConfig, timings: dict[str, float] | None = None
+) -> Response:
+    """The response for ``result``; ``timings`` (seconds) go out as a ``Server-Timing`` header."""
     if isinstance(result, Response):
         return result
+    started = time.perf_counter()
     if isinstance(result, str | int | float | bool | type(None)):
-        return FastJSONResponse(result)
-    return await anyio.to_thread.run_sync(_encode_response, result, prefs, media)
+        response: Response = FastJSONResponse(result)
+    else:
+        response = await anyio.to_thread.run_sync(_encode_response, result, prefs, media)
+    if timings is not None:
+        spans = {**timings, "encode": time.perf_counter() - started}
+        response.headers["Server-Timing"] = ", ".join(
+            f"{name.removesuffix('_s')};dur={seconds * 1000:.1f}" for name, seconds in spans.items()
+        )
+    return response
 
 
 def _chunk_bytes(chunk: Any, media: MediaConfig) -> bytes:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from ..context import Event, RequestContext
 from ..errors import ImpastoError
 from ..runner import Runner
+from ..spec import EndpointSpec
 from .errors import error_response
 from .requests import output_prefs, read_payload
 from .responses import FastJSONResponse, gather_stream, render, sse, stream_response, wants
@@ -29,12 +30,17 @@ from .responses import FastJSONResponse, gather_stream, render, sse, stream_resp
 log = logging.getLogger("impasto.server")
 
 
-def request_context(request: Request, runner: Runner, payload: Any) -> RequestContext:
+def request_context(
+    request: Request, runner: Runner, payload: Any, endpoint: EndpointSpec
+) -> RequestContext:
+    """The context of one request: id, deadline and output preferences (``output_format`` and
+    ``quality`` in the body count only where the endpoint's schema declares them)."""
     timeout = runner.config.runtime.predict_timeout_s
+    model = endpoint.input_model
     return RequestContext(
         request.scope.get("state", {}).get("request_id"),
         deadline=time.monotonic() + timeout if timeout else None,
-        output=output_prefs(request, payload),
+        output=output_prefs(request, payload, model.model_fields if model else None),
     )
 
 
@@ -77,7 +83,7 @@ class Predictor:
                 media=runner.config.media,
                 model=endpoint.input_model,
             )
-            ctx = request_context(request, runner, payload)
+            ctx = request_context(request, runner, payload, endpoint)
             if wants(ctx.output.accept, "text/event-stream") and not endpoint.streams:
                 return await self._progress_stream(request, endpoint.name, payload, ctx)
             value = await runner.validate(endpoint, payload)
@@ -92,7 +98,7 @@ class Predictor:
                 if ctx.output.accept and ctx.output.accept.strip() == "application/json":
                     return await gather_stream(result, runner.config.media)
                 return stream_response(result, ctx.output, runner.config.media)
-            return await render(result, ctx.output, runner.config.media)
+            return await render(result, ctx.output, runner.config.media, ctx.timings)
         except ImpastoError as exc:
             return error_response(exc)
         except Exception:
