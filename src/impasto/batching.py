@@ -161,7 +161,7 @@ class BatchQueue:
             if remaining <= 0:
                 break
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # builtin only from 3.11
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             if not self._pending or self._pending[0] is not oldest:
                 break

@@ -22,7 +22,7 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -95,18 +95,20 @@ class Runner:
             return self.state == "ready"
         self.state = "loading"
         started = time.monotonic()
+        timeout = self.config.runtime.load_timeout_s
         try:
             self.model = await self._thread(self._factory)
             if self.spec.has_load:
                 work = (
                     self.model.load() if self.spec.load_is_async else self._thread(self.model.load)
                 )
-                timeout = self.config.runtime.load_timeout_s
                 await asyncio.wait_for(work, timeout) if timeout else await work
         except BaseException as exc:
             self.state = "failed"
-            if isinstance(exc, TimeoutError):
-                self.load_error = f"load() did not finish within {timeout} s"
+            if isinstance(exc, asyncio.TimeoutError) and _deadline_hit(exc):
+                self.load_error = (
+                    f"load() did not finish within {timeout} s (runtime.load_timeout_s)"
+                )
             else:
                 self.load_error = self.redact(f"{type(exc).__name__}: {exc}")
             log.error(
@@ -139,7 +141,7 @@ class Runner:
         if self.state == "failed":
             raise NotReady(f"the model failed to load ({self.load_error}); see the server log")
         if self.config.runtime.wait_for_load:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._done.wait(), ctx.remaining())
             if self.state == "ready":
                 return
@@ -193,7 +195,7 @@ class Runner:
         status = "ok"
         try:
             if endpoint.preprocess:
-                value = await self._invoke(endpoint.preprocess, value, ctx)
+                value = await self._in_time(self._invoke(endpoint.preprocess, value, ctx), ctx)
             if endpoint.streams:
                 return await self._stream(endpoint, value, ctx)
             # A batchable method only takes lists, so it always goes through the queue (a batch
@@ -202,9 +204,11 @@ class Runner:
             if endpoint.batch_call and (self.config.batching.enabled or must_batch):
                 value = await self._batched(endpoint, value, ctx)
             else:
-                value = await self._slot(ctx, lambda: self._invoke(endpoint.call, value, ctx))
+                value = await self._slot(
+                    ctx, lambda: self._invoke(endpoint.call, value, ctx), endpoint.call.is_async
+                )
             if endpoint.postprocess:
-                value = await self._invoke(endpoint.postprocess, value, ctx)
+                value = await self._in_time(self._invoke(endpoint.postprocess, value, ctx), ctx)
             return value
         except ImpastoError as exc:
             status = exc.type
@@ -221,6 +225,16 @@ class Runner:
             if self.metrics is not None:
                 self.metrics.observe(endpoint.name, status, time.monotonic() - started)
 
+    async def _in_time(self, work: Any, ctx: RequestContext) -> Any:
+        """Await ``work`` (a pre/postprocess call, outside the slot) within the deadline."""
+        try:
+            return await asyncio.wait_for(work, ctx.remaining())
+        except asyncio.TimeoutError as exc:
+            if not _deadline_hit(exc):  # the model's own TimeoutError: a model error
+                raise
+            ctx.cancel("timeout")
+            raise PredictTimeout(self._timeout_message()) from None
+
     def _model_error(self, exc: BaseException, ctx: RequestContext) -> ModelError:
         message = self.redact(f"{type(exc).__name__}: {exc}")
         log.error(
@@ -231,7 +245,7 @@ class Runner:
         )
         return ModelError(message)
 
-    async def _slot(self, ctx: RequestContext, work: Callable[[], Any]) -> Any:
+    async def _slot(self, ctx: RequestContext, work: Callable[[], Any], is_async: bool) -> Any:
         """Wait for a prediction slot (bounded queue, deadline) and run ``work`` in it."""
         await self._admit(ctx)
         ctx.timings["queue_s"] = time.monotonic() - ctx.created
@@ -239,19 +253,23 @@ class Runner:
         task.add_done_callback(lambda _t: self._slots.release())
         try:
             return await asyncio.wait_for(asyncio.shield(task), ctx.remaining())
-        except TimeoutError:
+        except asyncio.TimeoutError as exc:
+            if not _deadline_hit(exc):  # the model's own TimeoutError: a model error
+                raise
             ctx.cancel("timeout")
-            self._cancel_async(task)
+            self._abandon(task, is_async)
             raise PredictTimeout(self._timeout_message()) from None
         except asyncio.CancelledError:
             ctx.cancel("disconnected")
-            self._cancel_async(task)
+            self._abandon(task, is_async)
             raise
 
-    def _cancel_async(self, task: asyncio.Task) -> None:
-        # Coroutine work stops at its next await; thread work sees ctx.cancelled and keeps
-        # its slot until it returns, so the concurrency bound always holds.
-        task.cancel()
+    def _abandon(self, task: asyncio.Task, is_async: bool) -> None:
+        # Coroutine work stops at its next await. Thread work cannot be stopped: it sees
+        # ctx.cancelled, and its task (which holds the slot) is left to end when the thread
+        # returns, so the concurrency bound always holds.
+        if is_async:
+            task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _admit(self, ctx: RequestContext) -> None:
@@ -264,7 +282,7 @@ class Runner:
         self._set_waiting(+1)
         try:
             await asyncio.wait_for(self._slots.acquire(), ctx.remaining())
-        except TimeoutError:
+        except asyncio.TimeoutError:
             ctx.cancel("timeout")
             raise PredictTimeout(self._timeout_message("while waiting in the queue")) from None
         finally:
@@ -310,7 +328,9 @@ class Runner:
             )
         try:
             return await asyncio.wait_for(batcher.submit(value, ctx), ctx.remaining())
-        except TimeoutError:
+        except asyncio.TimeoutError as exc:
+            if not _deadline_hit(exc):
+                raise
             ctx.cancel("timeout")
             raise PredictTimeout(self._timeout_message()) from None
 
@@ -330,34 +350,41 @@ class Runner:
 
     # streaming ----------------------------------------------------------------------------
     async def _stream(self, endpoint: EndpointSpec, value: Any, ctx: RequestContext) -> Any:
-        """Acquire a slot, start the generator, and hand back an iterator holding the slot."""
+        """Acquire a slot, run the generator to its first chunk (an error or timeout before it
+        is a status, not a broken stream) and hand back an async generator holding the slot
+        until it ends or is closed."""
         await self._admit(ctx)
         try:
             gen = await self._invoke(endpoint.call, value, ctx)
         except BaseException:
             self._slots.release()
             raise
-        return self._drain(gen, ctx)
+        chunks = self._drain(gen, ctx)
+        await anext(chunks)  # _PRIMED: started, so aclose() (or GC) always frees the slot
+        return chunks
 
     async def _drain(self, gen: Any, ctx: RequestContext) -> AsyncIterator[Any]:
         gap = self.config.runtime.streaming_read_timeout
+        loop = asyncio.get_running_loop()
+        busy: asyncio.Future | None = None  # a sync generator's next() running in a thread
+        step = None if inspect.isasyncgen(gen) else functools.partial(next, iter(gen), _END)
+
+        async def next_chunk() -> Any:
+            nonlocal busy
+            if step is None:
+                return await asyncio.wait_for(anext(gen, _END), _min(gap, ctx.remaining()))
+            busy = loop.run_in_executor(self._executor, step)
+            return await asyncio.wait_for(asyncio.shield(busy), _min(gap, ctx.remaining()))
+
         try:
-            if inspect.isasyncgen(gen):
-                while True:
-                    try:
-                        chunk = await asyncio.wait_for(anext(gen), _min(gap, ctx.remaining()))
-                    except StopAsyncIteration:
-                        return
-                    yield chunk
-            else:
-                it: Iterator[Any] = iter(gen)
-                step = functools.partial(next, it, _END)
-                while True:
-                    chunk = await asyncio.wait_for(self._thread(step), _min(gap, ctx.remaining()))
-                    if chunk is _END:
-                        return
-                    yield chunk
-        except TimeoutError:
+            chunk = await next_chunk()
+            yield _PRIMED
+            while chunk is not _END:
+                yield chunk
+                chunk = await next_chunk()
+        except asyncio.TimeoutError as exc:
+            if not _deadline_hit(exc):
+                raise self._model_error(exc, ctx) from exc
             ctx.cancel("timeout")
             raise PredictTimeout("the stream stalled past its deadline") from None
         except (ImpastoError, asyncio.CancelledError, GeneratorExit):
@@ -366,13 +393,23 @@ class Runner:
         except Exception as exc:
             raise self._model_error(exc, ctx) from exc
         finally:
-            self._slots.release()
-            closer = getattr(gen, "aclose", None) or getattr(gen, "close", None)
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    result = closer()
-                    if inspect.isawaitable(result):
-                        await result
+            if busy is not None and not busy.done():
+                # the thread is still inside next(): it keeps the slot until it returns
+                busy.add_done_callback(lambda f: self._end_stream(gen, f))
+            else:
+                if step is None:
+                    with contextlib.suppress(Exception):
+                        await gen.aclose()
+                self._end_stream(gen, busy)
+
+    def _end_stream(self, gen: Any, busy: asyncio.Future | None) -> None:
+        if busy is not None and not busy.cancelled():
+            busy.exception()  # retrieved: an abandoned step's error is not reported as lost
+        close = getattr(gen, "close", None)  # a sync generator (an async one is closed above)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+        self._slots.release()
 
     # lifecycle ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -392,6 +429,13 @@ class Runner:
 
 
 _END = object()
+_PRIMED = object()
+
+
+def _deadline_hit(exc: BaseException) -> bool:
+    """Whether a TimeoutError is wait_for's own (raised from the cancellation it made) rather
+    than one the model raised. (``asyncio.TimeoutError`` is the builtin only from 3.11.)"""
+    return isinstance(exc.__cause__, asyncio.CancelledError)
 
 
 def _min(a: float | None, b: float | None) -> float | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +11,6 @@ from .metrics import Metrics
 from .package import Package, load_package
 from .runner import Runner
 from .server import ServerSettings, create_app
-
-PACKAGE_ENV = "IMPASTO_PACKAGE"
 
 
 def build_app(
@@ -28,8 +25,3 @@ def build_app(
     app = create_app(runner, settings)
     app.state.package = pkg
     return app
-
-
-def app_from_env() -> Starlette:
-    """Factory for ``uvicorn --factory`` (used by ``impasto serve --reload``)."""
-    return build_app(os.environ[PACKAGE_ENV])

@@ -210,6 +210,8 @@ def _endpoint(
     name = opts.name or attr
     if not name.replace("_", "").replace("-", "").isalnum():
         raise PackageError(f"{cls.__name__}.{attr}: endpoint name {name!r} must be alphanumeric")
+    if opts.route is not None and not opts.route.startswith("/"):
+        raise PackageError(f"{cls.__name__}.{attr}: route {opts.route!r} must start with '/'")
     if opts.batchable:
         call = batch_call = inspect_call(cls, attr, input_name=name, list_input=True)
     else:

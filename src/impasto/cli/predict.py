@@ -13,7 +13,18 @@ import httpx
 import typer
 
 from ..context import RequestContext
-from ..errors import InputError, MalformedInput, ModelError, NotReady
+from ..errors import (
+    Canceled,
+    ImpastoError,
+    InputError,
+    MalformedInput,
+    ModelError,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    PredictTimeout,
+)
 from ..media import encode, find_media, to_jsonable
 from ..package import load_package
 from ..runner import Runner
@@ -48,8 +59,11 @@ def _write(result: Any, out: Path | None) -> None:
         sys.stdout.write(text + "\n")
 
 
-async def _run_local(path: Path, payload: Any, endpoint: str | None, out: Path | None) -> None:
+async def _run_local(
+    path: Path, payload: Any, endpoint: str | None, out: Path | None, log_level: str
+) -> None:
     package = load_package(path)
+    configure_logging(log_level, package.redactor)  # the model's own log lines are redacted too
     runner = Runner(package.spec, package.factory(), package.config, redact=package.redactor)
     try:
         if not await runner.load():
@@ -69,6 +83,22 @@ async def _run_local(path: Path, payload: Any, endpoint: str | None, out: Path |
         await runner.aclose()
 
 
+_REMOTE_ERRORS: dict[Any, type[ImpastoError]] = {
+    cls.type: cls
+    for cls in (
+        InputError,
+        MalformedInput,
+        PayloadTooLarge,
+        NotFound,
+        NotReady,
+        Overloaded,
+        PredictTimeout,
+        Canceled,
+        ModelError,
+    )
+}
+
+
 def _run_remote(url: str, payload: Any, endpoint: str | None, out: Path | None) -> None:
     target = url.rstrip("/")
     if httpx.URL(target).path in ("", "/"):
@@ -77,10 +107,13 @@ def _run_remote(url: str, payload: Any, endpoint: str | None, out: Path | None) 
         if r.status_code >= 400:
             body = r.read()
             try:
-                message = json.loads(body)["error"]["message"]
+                error = json.loads(body)["error"]
+                kind, message = error.get("type"), error["message"]
             except Exception:
-                message = body.decode(errors="replace")
-            raise ModelError(f"{target} answered {r.status_code}: {message}")
+                kind, message = None, body.decode(errors="replace")
+            # the exit code of the error the server named (422 -> 2, 503 -> 6, 504 -> 8, ...)
+            cls = _REMOTE_ERRORS.get(kind, ModelError)
+            raise cls(f"{target} answered {r.status_code}: {message}")
         if out is not None:
             with out.open("wb") as fh:
                 for chunk in r.iter_bytes():
@@ -108,5 +141,4 @@ def predict(
     if url:
         _run_remote(url, payload, endpoint, output)
         return
-    configure_logging(log_level)
-    asyncio.run(_run_local(path, payload, endpoint, output))
+    asyncio.run(_run_local(path, payload, endpoint, output, log_level))

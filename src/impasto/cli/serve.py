@@ -7,10 +7,21 @@ from pathlib import Path
 
 import typer
 import uvicorn
+from starlette.applications import Starlette
 
 from ..package import load_package
-from ..serving import PACKAGE_ENV, build_app
+from ..serving import build_app
 from .output import configure_logging, err_console, handle_errors
+
+PACKAGE_ENV = "IMPASTO_PACKAGE"
+
+
+def reload_app() -> Starlette:
+    """The factory uvicorn's ``--reload`` worker calls. That worker is a fresh process, so it
+    configures logging itself, with the package's redactor, before building the app."""
+    package = load_package(os.environ[PACKAGE_ENV])
+    configure_logging(os.environ.get("IMPASTO_LOG_LEVEL", "info"), package.redactor)
+    return build_app(package)
 
 
 @handle_errors
@@ -39,8 +50,9 @@ def serve(
     configure_logging(log_level, package.redactor)
     if reload:
         os.environ[PACKAGE_ENV] = str(package.root)
+        os.environ["IMPASTO_LOG_LEVEL"] = log_level
         uvicorn.run(
-            "impasto.serving:app_from_env",
+            "impasto.cli.serve:reload_app",
             factory=True,
             host=host,
             port=port,

@@ -40,8 +40,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def unhandled_error(request: Request, exc: Exception) -> Response:
     log.exception("request %s: unhandled server error", _rid(request))
-    body = {"error": {"type": "internal_error", "message": "internal server error", "field": None}}
-    return JSONResponse(body, status_code=500)
+    return error_response(ImpastoError("internal server error"))
 
 
 def _rid(request: Request) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio.to_thread
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..config import MediaConfig
 from ..context import OutputPrefs
@@ -34,6 +35,24 @@ def dumps(value: Any) -> bytes:
 class FastJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+class ClosingStream(StreamingResponse):
+    """A streaming response that closes ``source`` (default: its body) however it ends:
+    finished, failed, or the client gone mid-write. A generator endpoint's slot is freed then,
+    not whenever the garbage collector finalizes an abandoned generator."""
+
+    def __init__(self, content: Any, *, source: Any = None, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.source = content if source is None else source
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.source, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _media_kind(value: Any) -> str:
@@ -112,13 +131,13 @@ def stream_response(chunks: AsyncIterator[Any], prefs: OutputPrefs, media: Media
                 yield b"".join(b"data: " + line.encode() + b"\n" for line in data.split("\n"))
                 yield b"\n"
 
-        return StreamingResponse(frames(), media_type="text/event-stream")
+        return ClosingStream(frames(), source=chunks, media_type="text/event-stream")
 
     async def raw() -> AsyncIterator[bytes]:
         async for chunk in chunks:
             yield _chunk_bytes(chunk, media)
 
-    return StreamingResponse(raw(), media_type="application/octet-stream")
+    return ClosingStream(raw(), source=chunks, media_type="application/octet-stream")
 
 
 async def gather_stream(chunks: AsyncIterator[Any], media: MediaConfig) -> Response:

@@ -16,16 +16,24 @@ from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..context import Event, RequestContext
-from ..errors import ImpastoError
+from ..errors import Canceled, ImpastoError, NotFound, NotReady
 from ..runner import Runner
 from ..spec import EndpointSpec
 from .errors import error_response
 from .requests import output_prefs, read_payload
-from .responses import FastJSONResponse, gather_stream, render, sse, stream_response, wants
+from .responses import (
+    ClosingStream,
+    FastJSONResponse,
+    gather_stream,
+    render,
+    sse,
+    stream_response,
+    wants,
+)
 
 log = logging.getLogger("impasto.server")
 
@@ -87,16 +95,18 @@ class Predictor:
             if wants(ctx.output.accept, "text/event-stream") and not endpoint.streams:
                 return await self._progress_stream(request, endpoint.name, payload, ctx)
             value = await runner.validate(endpoint, payload)
+            gather = endpoint.streams and (ctx.output.accept or "").strip() == "application/json"
             try:
                 async with cancel_on_disconnect(request, ctx):
                     result = await runner.call(endpoint.name, value, ctx)
+                    if gather:  # drained while the client waits: leaving cancels it too
+                        async with contextlib.aclosing(result):
+                            return await gather_stream(result, runner.config.media)
             except asyncio.CancelledError:
                 if ctx.cancel_reason == "disconnected":
-                    return Response(status_code=499)
+                    return error_response(Canceled("the client went away"))
                 raise
             if endpoint.streams:
-                if ctx.output.accept and ctx.output.accept.strip() == "application/json":
-                    return await gather_stream(result, runner.config.media)
                 return stream_response(result, ctx.output, runner.config.media)
             return await render(result, ctx.output, runner.config.media, ctx.timings)
         except ImpastoError as exc:
@@ -104,8 +114,7 @@ class Predictor:
         except Exception:
             rid = request.scope.get("state", {}).get("request_id")
             log.exception("request %s: unhandled error", rid)
-            body = {"error": {"type": "internal_error", "message": "internal error", "field": None}}
-            return JSONResponse(body, status_code=500)
+            return error_response(ImpastoError("internal server error"))
 
     async def _progress_stream(
         self, request: Request, name: str, payload: Any, ctx: RequestContext
@@ -146,7 +155,7 @@ class Predictor:
                     with contextlib.suppress(BaseException):
                         await task
 
-        return StreamingResponse(
+        return ClosingStream(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
@@ -167,8 +176,7 @@ def health_routes(runner: Runner, model_name: str) -> list[Route]:
             message = f"model {model_name} failed to load: {runner.load_error}"
         else:
             message = f"model {model_name} is not ready (state: {runner.state})"
-        body = {"error": {"type": "not_ready", "message": message, "field": None}}
-        return JSONResponse(body, status_code=503)
+        return error_response(NotReady(message))
 
     async def root(request: Request) -> Response:
         return FastJSONResponse(True)
@@ -189,8 +197,7 @@ def health_routes(runner: Runner, model_name: str) -> list[Route]:
             return not_ready()
         ep = runner.endpoint(None)
         if ep.input_model is None and ep.output_model is None:
-            body = {"error": {"type": "not_found", "message": "no schema found", "field": None}}
-            return JSONResponse(body, status_code=404)
+            return error_response(NotFound("no schema found"))
         from .openapi import schema_of
 
         return FastJSONResponse(
