@@ -268,3 +268,17 @@ def test_predict_batch_merges_concurrent_requests(serve_thread):
     broken = server.client.post("/predict", json={"x": 1, "short": True})
     assert broken.status_code == 500
     assert "returned 0 outputs for 1 inputs" in broken.json()["error"]["message"]
+
+
+def test_wait_for_load_past_the_deadline_is_504(serve_thread, tmp_path, monkeypatch):
+    import shutil
+
+    pkg = tmp_path / "lifecycle"
+    shutil.copytree(PACKAGES / "lifecycle", pkg)
+    text = (pkg / "config.yaml").read_text().replace("runtime:\n", "runtime:\n  wait_for_load: true\n")
+    (pkg / "config.yaml").write_text(text.replace("predict_timeout_s: 2", "predict_timeout_s: 0.5"))
+    monkeypatch.setenv("LIFECYCLE_LOAD_SECONDS", "3")
+    server = serve_thread(pkg, ready=False)
+    r = server.client.post("/predict", json={})
+    assert r.status_code == 504
+    assert "while the model was loading" in r.json()["error"]["message"]

@@ -145,6 +145,8 @@ class Runner:
                 await asyncio.wait_for(self._done.wait(), ctx.remaining())
             if self.state == "ready":
                 return
+            if self.state == "loading" and ctx.expired:
+                raise PredictTimeout(self._timeout_message("while the model was loading"))
         raise NotReady(
             "the model is still loading; retry when GET /health/ready answers 200",
             headers={"Retry-After": "1"},
