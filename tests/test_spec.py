@@ -39,7 +39,7 @@ SUBSETS = [
 
 
 @pytest.mark.parametrize("args", [*SUBSETS, ("**kwargs",)], ids=lambda a: "-".join(a) or "none")
-def test_every_init_argument_combination(tmp_path, args, monkeypatch):
+def test_every_init_argument_combination(tmp_path, args, monkeypatch, serve_thread):
     monkeypatch.setenv("IMPASTO_ENVIRONMENT", "staging")
     params = ", ".join(args)
     signature = f"self, {params}" if params else "self"
@@ -53,8 +53,10 @@ def test_every_init_argument_combination(tmp_path, args, monkeypatch):
             seen = dict(self.seen.get("kwargs", self.seen))
             return {{k: type(v).__name__ for k, v in seen.items()}}
     """
-    pkg = load_package(_write_package(tmp_path, code))
-    out = asyncio.run(_predict(pkg, {}))
+    server = serve_thread(_write_package(tmp_path, code))  # over HTTP, as served
+    response = server.client.post("/predict", json={})
+    assert response.status_code == 200, response.text
+    out = response.json()
     expected = set(INIT_ARGS) if args == ("**kwargs",) else set(args)
     assert set(out) == expected
     if "config" in out:
