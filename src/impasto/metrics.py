@@ -15,6 +15,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._steps: dict[str, Any] = {}
         self.requests = Counter(
             "impasto_requests",
             "Predictions by endpoint and outcome (ok or the error type).",
@@ -52,14 +54,21 @@ class Metrics:
         )
 
     def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(endpoint, outcome).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        key = (endpoint, outcome)
+        children = self._children.get(key)
+        if children is None:  # label lookups are slow; keep the children per endpoint
+            children = (self.requests.labels(endpoint, outcome), self.latency.labels(endpoint))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if outcome in ("canceled", "timeout"):
             self.canceled.labels(endpoint, outcome).inc()
 
     def subscribe(self, ctx: Any, endpoint: str) -> None:
         """Count the progress events of one request."""
-        counter = self.steps.labels(endpoint)
+        counter = self._steps.get(endpoint)
+        if counter is None:
+            counter = self._steps[endpoint] = self.steps.labels(endpoint)
         ctx.subscribe(lambda event: counter.inc() if event.kind == "progress" else None)
 
     def render(self) -> bytes:

@@ -251,6 +251,16 @@ class Runner:
         """Wait for a prediction slot (bounded queue, deadline) and run ``work`` in it."""
         await self._admit(ctx)
         ctx.timings["queue_s"] = time.monotonic() - ctx.created
+        if is_async and ctx.deadline is None:
+            # Coroutine work with no deadline: cancellation reaches it directly, so the slot
+            # can be released as soon as it ends (no task, no shield).
+            try:
+                return await work()
+            except asyncio.CancelledError:
+                ctx.cancel("disconnected")
+                raise
+            finally:
+                self._slots.release()
         task = asyncio.ensure_future(work())
         task.add_done_callback(lambda _t: self._slots.release())
         try:

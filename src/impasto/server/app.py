@@ -62,8 +62,8 @@ def create_app(runner: Runner, settings: ServerSettings | None = None) -> Starle
         return Response(runner.metrics.render(), media_type=runner.metrics.content_type)
 
     routes: list[BaseRoute] = [
+        *predict_routes(runner),  # first: the hot path matches without scanning the rest
         *health_routes(runner, settings.model_name),
-        *predict_routes(runner),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

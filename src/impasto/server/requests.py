@@ -168,7 +168,7 @@ def output_prefs(
     has them (``fields``; None: any payload) and only when usable, since a model's own field
     of that name may mean something else (``quality: "draft"``).
     """
-    query = request.query_params
+    query = request.query_params if request.scope.get("query_string") else {}
     fmt: Any = query.get("output_format")
     quality: Any = query.get("quality")
     if quality is not None:

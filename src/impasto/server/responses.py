@@ -93,6 +93,26 @@ def _is_file_accept(accept: str | None, value: Any) -> bool:
     return isinstance(value, Audio | File) and bool(ctype) and wants(accept, ctype.split(";")[0])
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _small_plain(value: Any, budget: int = 256) -> bool:
+    """True for a small dict/list of plain JSON values (no media, nothing to encode)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > budget:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif not isinstance(item, _PLAIN):
+            return False
+    return True
+
+
 async def render(
     result: Any, prefs: OutputPrefs, media: MediaConfig, timings: dict[str, float] | None = None
 ) -> Response:
@@ -102,6 +122,8 @@ async def render(
     started = time.perf_counter()
     if isinstance(result, str | int | float | bool | type(None)):
         response: Response = FastJSONResponse(result)
+    elif _small_plain(result):  # nothing to encode: no thread hop, no media walk
+        response = Response(dumps(result), media_type="application/json")
     else:
         response = await anyio.to_thread.run_sync(_encode_response, result, prefs, media)
     if timings is not None:

@@ -37,6 +37,8 @@ from .responses import (
 
 log = logging.getLogger("impasto.server")
 
+WATCH_AFTER_S = 0.02
+
 
 def request_context(
     request: Request, runner: Runner, payload: Any, endpoint: EndpointSpec
@@ -67,11 +69,18 @@ async def cancel_on_disconnect(request: Request, ctx: RequestContext) -> AsyncIt
                     task.cancel()
                 return
 
-    watcher = asyncio.create_task(watch())
+    # Fast requests finish before anyone could notice a disconnect, so the watcher starts
+    # only once the work has run for WATCH_AFTER_S (a disconnect before then is still seen).
+    watcher: list[asyncio.Task] = []
+    timer = asyncio.get_running_loop().call_later(
+        WATCH_AFTER_S, lambda: watcher.append(asyncio.create_task(watch()))
+    )
     try:
         yield
     finally:
-        watcher.cancel()
+        timer.cancel()
+        for pending in watcher:
+            pending.cancel()
 
 
 class Predictor:
