@@ -27,90 +27,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-def _byte_chars() -> list[str]:
-    """CLIP's byte-to-unicode table, so a byte-level BPE vocabulary covers every input."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    bs += range(ord("®"), ord("ÿ") + 1)
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 @pytest.fixture(scope="session")
 def sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A "micro" StableDiffusionPipeline written by save_pretrained (built once per session)."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from impasto.diffusers import build_tiny_sd
 
-    chars = _byte_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab |= {c + "</w>": 256 + i for i, c in enumerate(chars)}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=2,
-        attention_head_dim=2,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=2,
-    )
-    text_config = CLIPTextConfig(
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        vocab_size=len(tok),
-        max_position_embeddings=77,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config),
-        tokenizer=tok,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    folder = tmp_path_factory.mktemp("sd-micro")
-    pipe.save_pretrained(folder)
-    return folder
+    return build_tiny_sd(tmp_path_factory.mktemp("sd-micro") / "sd", micro=True)
 
 
 def _weights(path: Path, seed: int) -> None:
