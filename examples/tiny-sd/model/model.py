@@ -7,21 +7,10 @@ the model store, building them (in well under a second) when they are missing.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from impasto.diffusers import DiffusersModel, build_tiny_sd
-from impasto.errors import NotFound
-
-REF = "tiny-sd:latest"
+from impasto.diffusers import DiffusersModel, build_tiny_sd, ensure_in_store
 
 
 class Model(DiffusersModel):
     def load(self) -> None:
-        try:
-            self.store.resolve(REF)
-        except NotFound:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = build_tiny_sd(Path(tmp) / "tiny-sd", seed=0)
-                self.store.import_folder(REF.split(":")[0], folder)
+        ensure_in_store(self.store, "tiny-sd", build_tiny_sd)  # builds the weights on first load
         super().load()

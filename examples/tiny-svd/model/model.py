@@ -7,21 +7,10 @@ the model store, building them (in well under a second) when they are missing.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from impasto.diffusers import DiffusersModel, build_tiny_svd
-from impasto.errors import NotFound
-
-REF = "tiny-svd:latest"
+from impasto.diffusers import DiffusersModel, build_tiny_svd, ensure_in_store
 
 
 class Model(DiffusersModel):
     def load(self) -> None:
-        try:
-            self.store.resolve(REF)
-        except NotFound:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = build_tiny_svd(Path(tmp) / "tiny-svd", seed=0)
-                self.store.import_folder(REF.split(":")[0], folder)
+        ensure_in_store(self.store, "tiny-svd", build_tiny_svd)  # builds the weights on first load
         super().load()

@@ -27,7 +27,7 @@ from .schemas import (
     VideoResult,
     make_schemas,
 )
-from .tiny import build_tiny_lora, build_tiny_sd, build_tiny_sdxl, build_tiny_svd
+from .tiny import build_tiny_lora, build_tiny_sd, build_tiny_sdxl, build_tiny_svd, ensure_in_store
 
 
 def import_model(ref: str, source: str | Path, *, home: Path | None = None, **options: Any) -> Any:
@@ -60,6 +60,7 @@ __all__ = [
     "build_tiny_sd",
     "build_tiny_sdxl",
     "build_tiny_svd",
+    "ensure_in_store",
     "import_model",
     "load_pipelines",
     "make_schemas",

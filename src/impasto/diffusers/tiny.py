@@ -364,3 +364,17 @@ def build_tiny_lora(
     out.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers)
     return out
+
+
+def ensure_in_store(store: Any, name: str, build: Callable[..., Path]) -> None:
+    """Build a tiny model with ``build(path, seed=0)`` and import it as ``name`` unless the
+    store already has ``name:latest`` (what the tiny example packages do on first load)."""
+    import tempfile
+
+    from ..errors import NotFound
+
+    try:
+        store.resolve(f"{name}:latest")
+    except NotFound:
+        with tempfile.TemporaryDirectory() as tmp:
+            store.import_folder(name, build(Path(tmp) / name, seed=0))
