@@ -275,7 +275,9 @@ def test_wait_for_load_past_the_deadline_is_504(serve_thread, tmp_path, monkeypa
 
     pkg = tmp_path / "lifecycle"
     shutil.copytree(PACKAGES / "lifecycle", pkg)
-    text = (pkg / "config.yaml").read_text().replace("runtime:\n", "runtime:\n  wait_for_load: true\n")
+    text = (
+        (pkg / "config.yaml").read_text().replace("runtime:\n", "runtime:\n  wait_for_load: true\n")
+    )
     (pkg / "config.yaml").write_text(text.replace("predict_timeout_s: 2", "predict_timeout_s: 0.5"))
     monkeypatch.setenv("LIFECYCLE_LOAD_SECONDS", "3")
     server = serve_thread(pkg, ready=False)
