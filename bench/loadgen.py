@@ -150,6 +150,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int  # transport errors, timeouts and non-2xx answers
+    error_kinds: dict[str, int] = field(default_factory=dict)  # the same, by kind
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,9 +179,10 @@ wrk.body = {body}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    'BENCH {{"requests":%d,"us":%d,"p50":%d,"p99":%d,"errors":%d}}\\n',
+    'BENCH {{"requests":%d,"us":%d,"p50":%d,"p99":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d}}\\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
+    e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
 
@@ -217,6 +219,7 @@ def _wrk(url: str, request: Request, connections: int, seconds: int) -> Load:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout}\n{out.stderr}")
     data = json.loads(line[6:])
     secs = data["us"] / 1e6
+    kinds = {k: data[k] for k in ("connect", "read", "write", "status", "timeout") if data[k]}
     return Load(
         "wrk",
         connections,
@@ -225,7 +228,8 @@ def _wrk(url: str, request: Request, connections: int, seconds: int) -> Load:
         data["requests"] / secs if secs else 0.0,
         data["p50"] / 1000,
         data["p99"] / 1000,
-        data["errors"],
+        sum(kinds.values()),
+        kinds,
     )
 
 
@@ -261,25 +265,28 @@ async def _httpx_load(spec: dict[str, Any]) -> Load:
     connections, seconds = spec["connections"], spec["seconds"]
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     latencies: list[float] = []
-    errors = 0
+    kinds: dict[str, int] = {}
     body = spec["body"].encode()
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         started = time.perf_counter()
         deadline = started + seconds
 
         async def worker() -> None:
-            nonlocal errors
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
+                kind = None
                 try:
                     r = await client.request(
                         spec["method"], spec["url"], content=body, headers=spec["headers"]
                     )
-                    ok = r.status_code < 400
+                    kind = "status" if r.status_code >= 400 else None
+                except httpx.TimeoutException:
+                    kind = "timeout"
                 except httpx.HTTPError:
-                    ok = False
+                    kind = "read"
                 latencies.append(time.perf_counter() - t0)
-                errors += not ok
+                if kind:
+                    kinds[kind] = kinds.get(kind, 0) + 1
 
         await asyncio.gather(*(worker() for _ in range(connections)))
         elapsed = time.perf_counter() - started
@@ -291,7 +298,8 @@ async def _httpx_load(spec: dict[str, Any]) -> Load:
         len(latencies) / elapsed,
         percentile(latencies, 50) * 1000,
         percentile(latencies, 99) * 1000,
-        errors,
+        sum(kinds.values()),
+        kinds,
     )
 
 

@@ -7,7 +7,7 @@ own process and the load generator another; at each concurrency every target get
 run, then the measured runs alternate (A B, B A, ...) and the medians are reported.
 
 Two impasto rows: the no-op with an ``async def predict`` (called on the event loop) and
-with a plain ``def predict`` (called in a worker thread, as most models are). The issue's
+with a plain ``def predict`` (called in a worker thread, as most models are). The
 targets compare both with the baseline; a second baseline, the same app calling its no-op
 in Starlette's thread pool, is the floor for the threaded kind, and the ``req/s x threaded``
 column compares ``impasto sync`` with it.
@@ -16,6 +16,7 @@ column compares ``impasto sync`` with it.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ COLUMNS = [
 CONCURRENCY = (1, 16, 64)
 PAYLOAD = {"text": "hello", "n": 1}
 BASELINE = "baseline"
+SETTLE_S = 0.3
 THREADED = "baseline, threaded"
 
 
@@ -93,7 +95,11 @@ def interleaved(
     warmup: int,
 ) -> dict[str, list[Load]]:
     """Warm every target (a server and the request it gets) up with ``warmup`` seconds of the
-    same load (0 skips it), then measure them all ``reps`` times in alternating order."""
+    same load (0 skips it), then measure them all ``reps`` times in alternating order.
+
+    Each run starts ``SETTLE_S`` after the previous one: wrk ends a run by dropping its
+    connections with requests in flight, and a server counts those against its queue until
+    it notices the disconnects."""
     names = list(targets)
     if warmup:
         for server, request in targets.values():
@@ -102,6 +108,7 @@ def interleaved(
     for rep in range(reps):
         for name in names if rep % 2 == 0 else names[::-1]:
             server, request = targets[name]
+            time.sleep(SETTLE_S)
             results[name].append(
                 run_load(server.url, request, connections=connections, seconds=seconds)
             )

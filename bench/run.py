@@ -72,6 +72,7 @@ def machine() -> dict[str, Any]:
         gen = (out.stdout or out.stderr).splitlines()[0].split(" [")[0] + " (1 thread)"
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _commit(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory": memory,
@@ -82,6 +83,18 @@ def machine() -> dict[str, Any]:
         "versions": versions,
         "load_average": _loadavg(),
     }
+
+
+def _commit() -> str | None:
+    """The checkout's commit, with ``+changes`` when the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                              capture_output=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, text=True, capture_output=True, timeout=10).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if dirty.strip() else "")
 
 
 def _loadavg() -> str | None:
@@ -201,7 +214,7 @@ def render_section(
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
-        f"Measured {m['date']} on {m['cores']} cores ({m['cpu']}), {m['memory']} RAM, "
+        f"Measured {m['date']} at commit {m.get('commit')} on {m['cores']} cores ({m['cpu']}), {m['memory']} RAM, "
         f"{m['gpu']}, Python {m['python']}, {m['os']}; load generator {m['load_generator']}; "
         f"load average at the start {m['load_average']}; mode {report['mode']}.",
         "",
