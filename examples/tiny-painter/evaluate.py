@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     if args.scheduler:
-        pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
+        pipe.scheduler = getattr(diffusers, args.scheduler).from_config(
+            pipe.scheduler.config, clip_sample=False
+        )
     report: dict[str, Any] = {}
     sheet: list[Any] = []
     for group in args.groups.split(","):

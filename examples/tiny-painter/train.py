@@ -285,14 +285,16 @@ def train_unet(
     gen: torch.Generator,
     checkpoint: Any = None,
 ) -> tuple[Log, Any, Any]:
-    """Denoising with v-prediction and min-SNR-5 weighting; returns the EMA copies."""
+    """Denoising with v-prediction and clamped min-SNR weighting; returns the EMA copies."""
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     ema_params = [*ema_unet.parameters(), *ema_text.parameters()]
     alphas = scheduler.alphas_cumprod.float()
     snr = alphas / (1 - alphas)
-    weight = snr.clamp(max=5.0) / (snr + 1)
+    # min-SNR-5 (less weight on nearly clean steps), but never less than plain v-prediction
+    # at high noise, where the layout (and so the count) of a picture is decided.
+    weight = snr.clamp(min=1.0, max=5.0) / (snr + 1)
     log = Log("unet", args.unet_steps, args.log_every)
     unet.train()
     text_encoder.train()
