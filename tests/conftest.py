@@ -169,3 +169,15 @@ def serve_process(tmp_path: Path) -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition (0 when absent); ``labels`` must
+    all match, other labels of the sample are ignored."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

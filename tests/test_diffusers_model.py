@@ -104,7 +104,7 @@ def test_model_class_serves_the_tasks_the_pipeline_supports(sd, svd):
     spec = inspect_model(type(sd))
     assert set(spec.endpoints) == {"text2img", "img2img", "inpaint"}
     assert spec.default_endpoint.name == "text2img"
-    assert all(ep.batchable and ep.batch_key and ep.batch_cost for ep in spec.endpoints.values())
+    assert all(ep.batch_call and ep.batch_key and ep.batch_cost for ep in spec.endpoints.values())
     assert spec.endpoints["img2img"].input_model is type(sd).impasto_schemas["img2img"]
     video = inspect_model(type(svd))
     assert set(video.endpoints) == {"img2vid"}

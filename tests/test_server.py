@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import PACKAGES
+from conftest import PACKAGES, metric
 
 ERROR_KEYS = {"type", "message", "field"}
 
@@ -214,7 +214,7 @@ def test_concurrency_queue_429_and_timeout_504(serve_thread):
 def test_metrics_count_by_endpoint(echo):
     echo.client.post("/predict", json={})
     text = echo.client.get("/metrics").text
-    assert 'impasto_requests_total{endpoint="predict",outcome="ok"}' in text
+    assert metric(text, "impasto_requests_total", model="echo", endpoint="predict", outcome="ok")
 
 
 def test_async_stages_run_concurrently_on_the_loop(serve_thread):
@@ -264,7 +264,7 @@ def test_predict_batch_merges_concurrent_requests(serve_thread):
     assert max(b["batch"] for b in bodies) > 1
     assert all(b["batch"] <= 4 for b in bodies)
     metrics = server.client.get("/metrics").text
-    assert 'impasto_batch_size_sum{endpoint="predict"} 8.0' in metrics
+    assert metric(metrics, "impasto_batch_size_sum", endpoint="predict") == 8.0
     broken = server.client.post("/predict", json={"x": 1, "short": True})
     assert broken.status_code == 500
     assert "returned 0 outputs for 1 inputs" in broken.json()["error"]["message"]

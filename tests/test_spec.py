@@ -26,9 +26,7 @@ async def _predict(package, payload, endpoint=None):
     runner = Runner(package.spec, package.factory(), package.config)
     assert await runner.load(), runner.load_error
     try:
-        ep = runner.endpoint(endpoint)
-        value = await runner.validate(ep, payload)
-        return await runner.call(ep.name, value, RequestContext())
+        return await runner.predict(payload, endpoint)
     finally:
         await runner.aclose()
 

@@ -66,6 +66,24 @@ class Runtime(_Section):
     )
     streaming_read_timeout: float = Field(60, gt=0, description="Longest gap between chunks.")
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
+    max_json_depth: int = Field(
+        64, ge=1, description="Deepest nesting of arrays and objects in a JSON body (400 beyond)."
+    )
+    input_workers: int = Field(
+        4,
+        ge=1,
+        description="Threads that parse large bodies, fetch URLs, decode media and validate "
+        "inputs, apart from the threads that run the model.",
+    )
+    max_log_bytes: int = Field(
+        64 * 1024, ge=0, description="Log lines kept per prediction (oldest dropped first)."
+    )
+    shutdown_grace_s: float = Field(
+        25,
+        ge=0,
+        description="On SIGTERM, how long in-flight predictions may finish before the rest are "
+        "canceled (orchestrators send SIGKILL 30 s after SIGTERM).",
+    )
     enable_tracing_data: bool = False
     truss_server_version: str | None = None
     is_websocket_endpoint: bool = False
@@ -90,6 +108,15 @@ class MediaConfig(_Section):
     max_part_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Bytes per media field.")
     max_pixels: int = Field(4096 * 4096, gt=0, description="Pixels per decoded image.")
     max_frames: int = Field(600, gt=0, description="Frames per decoded video.")
+    max_decoded_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Decoded bytes (pixels x channels, frames included) across all media "
+        "fields of one request.",
+    )
+    max_list_items: int = Field(
+        16, ge=1, description="Items in one list-of-media field of a request."
+    )
     allowed_content_types: list[str] | None = Field(
         None, description="Accepted upload content types (None: any image/video/audio type)."
     )
@@ -105,11 +132,6 @@ class MediaConfig(_Section):
         1, ge=0, le=9, description="zlib level for PNG (1: fast; 6 is Pillow's slow default)."
     )
     data_uri: bool = Field(False, description="JSON media as `data:` URIs instead of plain base64.")
-
-
-class Secret(BaseModel):
-    name: str
-    default: str | None = None
 
 
 class ModelCacheEntry(_Section):
@@ -134,11 +156,6 @@ class EndpointConfig(_Section):
     name: str | None = None
     route: str | None = None
     batchable: bool = False
-
-
-class LoraRef(BaseModel):
-    ref: str
-    scale: float = 1.0
 
 
 class WarmupShape(BaseModel):

@@ -10,6 +10,7 @@
     │   └── PayloadTooLarge          413  exit 2   a size or pixel limit was exceeded
     ├── NotFound                     404  exit 5   an endpoint, job or model ref does not exist
     ├── NotReady                     503  exit 6   the model is still loading or failed to load
+    │   └── ShuttingDown             503  exit 6   the server is stopping; retry elsewhere
     ├── Overloaded                   429  exit 7   the queue is full; retry later
     ├── PredictTimeout               504  exit 8   the request ran past its deadline
     ├── Canceled                     499  exit 9   the client went away or canceled
@@ -81,6 +82,10 @@ class NotReady(ImpastoError):
     status = 503
     exit_code = 6
     type = "not_ready"
+
+
+class ShuttingDown(NotReady):
+    type = "shutting_down"
 
 
 class Overloaded(ImpastoError):

@@ -6,12 +6,14 @@ A package is ``config.yaml`` + ``model/model.py`` (+ ``data/``, ``packages/``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from .config import PackageConfig, load_config
 from .errors import ConfigError, NotFound, PackageError
 from .secrets import Redactor, Secrets, resolve_secrets
 from .spec import ModelSpec, inspect_model
+
+log = logging.getLogger("impasto.package")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,12 @@ class Package:
         kwargs = available if spec.init_kwargs else {k: available[k] for k in spec.init_args}
         return lambda: spec.cls(**kwargs)
 
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """The package's ``environment_variables`` and import folders (``packages/``,
+        ``external_package_dirs``): in effect while it is imported, and while a runner serves
+        it (from load to close), undone afterwards."""
+        return package_scope(self.root, self.config)
+
     def examples(self) -> list[Example]:
         return load_examples(self.root / self.config.examples_filename)
 
@@ -93,18 +103,19 @@ def load_package(
     if not root.is_dir():
         raise PackageError(f"{root} is not a folder; pass the package folder (with config.yaml)")
     config = load_config(root / "config.yaml")
-    for key, value in config.environment_variables.items():
-        os.environ.setdefault(key, value)
-    _extend_sys_path(root, config)
-    cls = _model_class(root, config)
-    spec = inspect_model(cls, config.endpoints)
+    with package_scope(root, config):
+        cls = _model_class(root, config)
+        spec = inspect_model(cls, config.endpoints)
     secrets = resolve_secrets(config.secrets, secrets_dir or config.secrets_dir)
     env = environment or os.environ.get("IMPASTO_ENVIRONMENT") or None
     return Package(root, config, spec, secrets, env, Redactor(secrets))
 
 
-def _extend_sys_path(root: Path, config: PackageConfig) -> None:
-    """Make ``packages/`` and every ``external_package_dirs`` entry importable."""
+@contextlib.contextmanager
+def package_scope(root: Path, config: PackageConfig) -> Iterator[None]:
+    """Set the package's environment variables (those not already set) and put
+    ``packages/`` and every ``external_package_dirs`` entry on ``sys.path`` for the block,
+    then put back exactly what it changed."""
     dirs = [root / config.bundled_packages_dir]
     for entry in config.external_package_dirs:
         folder = (root / entry).resolve()
@@ -114,9 +125,29 @@ def _extend_sys_path(root: Path, config: PackageConfig) -> None:
                 field="external_package_dirs",
             )
         dirs.append(folder)
-    for folder in dirs:
-        if folder.is_dir() and str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
+    added_dirs = [str(f) for f in dirs if f.is_dir() and str(f) not in sys.path]
+    added_env = {}
+    for key, value in config.environment_variables.items():
+        if key not in os.environ:
+            added_env[key] = value
+        elif os.environ[key] != value:
+            log.warning(
+                "%s: environment_variables.%s is already set in this process; keeping the "
+                "value already there",
+                root.name,
+                key,
+            )
+    sys.path[:0] = added_dirs
+    os.environ.update(added_env)
+    try:
+        yield
+    finally:
+        for folder in added_dirs:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+        for key, value in added_env.items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
 
 
 def _model_class(root: Path, config: PackageConfig) -> type:

@@ -1,8 +1,8 @@
-"""Glue from a package folder to a served app: load the package, build runner and app."""
+"""Glue from package folders to a served app: load the packages, build runners and the app."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -11,17 +11,42 @@ from .metrics import Metrics
 from .package import Package, load_package
 from .runner import Runner
 from .server import ServerSettings, create_app
+from .server.registry import Models
+
+
+def runner_for(package: Package, metrics: Metrics | None = None) -> Runner:
+    """A runner for a loaded package (its model is built and loaded when the server starts)."""
+    return Runner(
+        package.spec,
+        package.factory(),
+        package.config,
+        name=package.name,
+        metrics=metrics,
+        redact=package.redactor,
+        scope=package.scope,
+    )
 
 
 def build_app(
-    package: Package | str | Path,
+    package: Package | str | Path | Sequence[Package | str | Path],
     *,
     on_load_failed: Callable[[], None] | None = None,
 ) -> Starlette:
-    """The ASGI app serving ``package`` (a folder or an already loaded :class:`Package`)."""
-    pkg = package if isinstance(package, Package) else load_package(package)
-    runner = Runner(pkg.spec, pkg.factory(), pkg.config, metrics=Metrics(), redact=pkg.redactor)
-    settings = ServerSettings(model_name=pkg.name, on_load_failed=on_load_failed)
-    app = create_app(runner, settings)
-    app.state.package = pkg
+    """The ASGI app serving one package (a folder or a loaded :class:`Package`) or several
+    (the first is the default model)."""
+    items = list(package) if isinstance(package, list | tuple) else [package]
+    packages = [p if isinstance(p, Package) else load_package(p) for p in items]
+    metrics = Metrics()
+    runners = [runner_for(pkg, metrics) for pkg in packages]
+    redactors = [pkg.redactor for pkg in packages]
+
+    def redact(text: str) -> str:
+        for redactor in redactors:
+            text = redactor(text)
+        return text
+
+    settings = ServerSettings(on_load_failed=on_load_failed, redact=redact)
+    app = create_app(Models(runners), settings)
+    app.state.package = packages[0]
+    app.state.packages = packages
     return app

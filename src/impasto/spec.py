@@ -17,6 +17,7 @@ from pydantic import BaseModel, create_model
 
 from .context import RequestContext
 from .errors import PackageError
+from .media import media_kind
 
 INIT_ARGS = ("config", "data_dir", "secrets", "environment")
 _RAW_NAMES = {"model_input", "inputs", "input", "request", "payload", "data", "body"}
@@ -96,13 +97,16 @@ class EndpointSpec:
     input_model: type[BaseModel] | None
     output_model: type[BaseModel] | None
     streams: bool
-    batchable: bool
     batch_call: CallSpec | None = None
     batch_key: Callable[[Any], Hashable] | None = None
     batch_cost: Callable[[Any], tuple[int, int]] | None = None
     description: str | None = None
     preprocess: CallSpec | None = None
     postprocess: CallSpec | None = None
+    has_media: bool = False  # its input decodes media: validated in the input pool
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "has_media", _has_media(self.input_model))
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,33 @@ def _is_context_type(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, RequestContext)
 
 
+def _is_context_param(name: str, annotation: Any) -> bool:
+    """A parameter gets the request context when it is annotated ``RequestContext`` (or
+    ``list[RequestContext]``), or named ``context``/``ctx``/``contexts`` without a data
+    annotation: ``context: str`` is an input field like any other."""
+    if _is_context_type(annotation):
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, typing.List) and args:  # noqa: UP006
+        return _is_context_type(args[0])
+    return name in _CONTEXT_NAMES and annotation in (inspect.Parameter.empty, Any, None)
+
+
+def _has_media(tp: Any, seen: set[Any] | None = None) -> bool:
+    """Whether values of ``tp`` (an input model, a field annotation) hold media to decode."""
+    if tp is None:
+        return False
+    if media_kind(tp) is not None:
+        return True
+    seen = set() if seen is None else seen
+    if _is_model_type(tp):
+        if tp in seen:
+            return False
+        seen.add(tp)
+        return any(_has_media(f.annotation, seen) for f in tp.model_fields.values())
+    return any(_has_media(arg, seen) for arg in typing.get_args(tp) if not isinstance(arg, str))
+
+
 def inspect_call(cls: type, attr: str, *, input_name: str, list_input: bool = False) -> CallSpec:
     """Read one method's signature into a :class:`CallSpec` (raises PackageError if unusable)."""
     fn = getattr(cls, attr)
@@ -153,7 +184,7 @@ def inspect_call(cls: type, attr: str, *, input_name: str, list_input: bool = Fa
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        if p.name in _CONTEXT_NAMES or _is_context_type(hints.get(p.name)):
+        if _is_context_param(p.name, hints.get(p.name, inspect.Parameter.empty)):
             context_param = p.name
         else:
             data_params.append(p)
@@ -226,7 +257,6 @@ def _endpoint(
         input_model=call.input_model,
         output_model=call.output_model,
         streams=call.is_generator and not opts.batchable,
-        batchable=batch_call is not None,
         batch_call=batch_call,
         batch_key=opts.batch_key,
         batch_cost=opts.batch_cost,

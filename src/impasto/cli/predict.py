@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import typer
 
-from ..context import RequestContext
+from .. import logs
 from ..errors import (
     Canceled,
     ImpastoError,
@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..media import encode, find_media, to_jsonable
 from ..package import load_package
-from ..runner import Runner
+from ..serving import runner_for
 from .output import configure_logging, console, handle_errors
 
 
@@ -64,13 +64,12 @@ async def _run_local(
 ) -> None:
     package = load_package(path)
     configure_logging(log_level, package.redactor)  # the model's own log lines are redacted too
-    runner = Runner(package.spec, package.factory(), package.config, redact=package.redactor)
+    runner = runner_for(package)
+    undo = logs.install(package.redactor)
     try:
         if not await runner.load():
             raise NotReady(f"load() failed: {runner.load_error}")
-        ep = runner.endpoint(endpoint)
-        value = await runner.validate(ep, payload)
-        result = await runner.call(ep.name, value, RequestContext())
+        result = await runner.predict(payload, endpoint)
         if inspect.isasyncgen(result):
             async for chunk in result:
                 text = chunk.decode() if isinstance(chunk, bytes) else chunk
@@ -81,6 +80,7 @@ async def _run_local(
         _write(result, out)
     finally:
         await runner.aclose()
+        undo()
 
 
 _REMOTE_ERRORS: dict[Any, type[ImpastoError]] = {

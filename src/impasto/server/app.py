@@ -1,10 +1,10 @@
-"""The app factory: one Starlette app assembled from the runner and the route modules."""
+"""The app factory: one Starlette app assembled from the models and the protocol adapters."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -14,59 +14,84 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .. import __version__
+from .. import __version__, logs
 from ..errors import ImpastoError
 from ..runner import Runner
+from .adapters import NativeAdapter
+from .callpath import CallPath
 from .errors import http_error, impasto_error, unhandled_error
+from .health import health_routes
 from .middleware import RequestIdMiddleware
 from .openapi import DOCS_HTML, build_openapi
+from .registry import Models
 from .responses import FastJSONResponse
-from .routes import health_routes, predict_routes
 
 log = logging.getLogger("impasto.server")
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """What the app needs besides the runner."""
+    """What the app needs besides the models."""
 
-    model_name: str = "model"
+    model_name: str | None = None  # the title of the API docs (default: the default model)
     on_load_failed: Callable[[], None] | None = None
     extra_routes: tuple[BaseRoute, ...] = ()
+    redact: Callable[[str], str] | None = None  # secrets scrubbed from every log record
 
 
-def create_app(runner: Runner, settings: ServerSettings | None = None) -> Starlette:
-    """Build the ASGI app; the model starts loading in the background at startup."""
+def create_app(
+    models: Runner | Sequence[Runner] | Models, settings: ServerSettings | None = None
+) -> Starlette:
+    """Build the ASGI app; every model starts loading in the background at startup."""
     settings = settings or ServerSettings()
+    if isinstance(models, Runner):
+        models = Models([models])
+    elif not isinstance(models, Models):
+        models = Models(list(models))
+    registry = models
+    title = settings.model_name or registry.default.name
+    callpath = CallPath(registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = runner.start()
-        if settings.on_load_failed is not None:
-            callback = settings.on_load_failed
-            task.add_done_callback(lambda t: None if runner.ready else callback())
+        undo = logs.install(settings.redact)
+        callback = settings.on_load_failed
+        for runner in registry:
+            task = runner.start()
+            if callback is not None:
+                task.add_done_callback(lambda _t, r=runner: None if r.ready else callback())
         try:
             yield
         finally:
-            await runner.aclose()
+            for runner in registry:
+                await runner.aclose()
+            undo()
+
+    openapi_body: list[bytes] = []
 
     async def openapi(request: Request) -> Response:
-        return FastJSONResponse(build_openapi(runner, settings.model_name, __version__))
+        if not openapi_body:  # built once, on first use
+            doc = build_openapi(registry, title, __version__)
+            openapi_body.append(FastJSONResponse(doc).body)
+        return Response(openapi_body[0], media_type="application/json")
 
     async def docs(request: Request) -> Response:
-        return HTMLResponse(DOCS_HTML.format(title=settings.model_name))
+        return HTMLResponse(DOCS_HTML.format(title=title))
 
-    async def metrics(request: Request) -> Response:
-        if runner.metrics is None:
+    metrics = registry.default.metrics
+
+    async def metrics_route(request: Request) -> Response:
+        if metrics is None:
             return Response(status_code=404)
-        return Response(runner.metrics.render(), media_type=runner.metrics.content_type)
+        return Response(metrics.render(), media_type=metrics.content_type)
 
+    native = NativeAdapter(callpath)
     routes: list[BaseRoute] = [
-        *predict_routes(runner),  # first: the hot path matches without scanning the rest
-        *health_routes(runner, settings.model_name),
+        *native.routes(),  # first: the hot path matches without scanning the rest
+        *health_routes(registry),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
         *settings.extra_routes,
     ]
     app = Starlette(
@@ -79,6 +104,8 @@ def create_app(runner: Runner, settings: ServerSettings | None = None) -> Starle
         },
         lifespan=lifespan,
     )
-    app.state.runner = runner
+    app.state.models = registry
+    app.state.runner = registry.default
+    app.state.callpath = callpath
     app.state.settings = settings
     return app

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from ..runner import Runner
 from ..spec import EndpointSpec
+from .registry import Models
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {
@@ -136,23 +136,30 @@ def _operation(ep: EndpointSpec, defs: dict[str, Any], model_name: str) -> dict[
     }
 
 
-def build_openapi(runner: Runner, model_name: str, version: str) -> dict[str, Any]:
+def build_openapi(models: Models, title: str, version: str) -> dict[str, Any]:
+    """The document for every served model: the default model's endpoints at their own
+    routes and ``/predict``, every model's at ``/v1/models/<name>/<endpoint>``."""
     defs: dict[str, Any] = {}
     paths: dict[str, Any] = {}
-    default = runner.spec.default_endpoint
-    for ep in runner.spec.endpoints.values():
-        op = _operation(ep, defs, model_name)
-        paths.setdefault(ep.route, {})["post"] = op
-        if ep is default and ep.route != "/predict":
-            paths["/predict"] = {"post": {**op, "operationId": "predict"}}
+    for runner in models:
+        default = runner.spec.default_endpoint
+        for ep in runner.spec.endpoints.values():
+            op = _operation(ep, defs, runner.name)
+            if runner is models.default:
+                paths.setdefault(ep.route, {})["post"] = op
+                if ep is default and ep.route != "/predict":
+                    paths["/predict"] = {"post": {**op, "operationId": "predict"}}
+            if len(models) > 1:
+                named = {**op, "operationId": f"{runner.name}_{ep.name}"}
+                paths[f"/v1/models/{runner.name}/{ep.name}"] = {"post": named}
     for path, summary in (
         ("/health/live", "Liveness: 200 while the process runs"),
-        ("/health/ready", "Readiness: 200 once the model is loaded, else 503"),
+        ("/health/ready", "Readiness: 200 once every model is loaded, else 503"),
     ):
         paths[path] = {"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": model_name, "version": version, "description": "Served by impasto."},
+        "info": {"title": title, "version": version, "description": "Served by impasto."},
         "paths": paths,
         "components": {"schemas": defs},
     }

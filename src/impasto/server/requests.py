@@ -1,9 +1,11 @@
 """Turn an HTTP request into an endpoint payload: JSON or multipart, with size limits.
 
-JSON is parsed whatever the ``Content-Type`` says (many clients send none); a
-``multipart/form-data`` body becomes the same mapping, file parts as
-:class:`~impasto.media.UploadedFile` and a part named ``json`` (or any JSON-typed part)
-merged in, so both validate against one schema.
+The helpers every protocol adapter reads bodies with: :func:`read_body` (bounded, with or
+without ``Content-Length``), :func:`parse_json` (bounded nesting; large bodies parsed off the
+event loop by the caller) and, for impasto's own routes, :func:`read_payload`: JSON is parsed
+whatever the ``Content-Type`` says (many clients send none); a ``multipart/form-data`` body
+becomes the same mapping, file parts as :class:`~impasto.media.UploadedFile` and a part
+named ``json`` (or any JSON-typed part) merged in, so both validate against one schema.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -51,13 +53,41 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, max_depth: int = 64) -> Any:
+    """The JSON value of ``body`` (an empty body is ``{}``); 400 when it is not JSON or nests
+    deeper than ``max_depth`` arrays and objects (``runtime.max_json_depth``)."""
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"invalid JSON payload: {exc}", field="body") from None
+    except RecursionError:
+        value = None  # far deeper than any limit
+    else:
+        # Depth can only exceed the limit when there are more brackets than the limit.
+        if body.count(b"[") + body.count(b"{") <= max_depth or _depth_ok(value, max_depth):
+            return value
+    raise MalformedInput(
+        f"the JSON body nests deeper than {max_depth} levels (runtime.max_json_depth)",
+        field="body",
+    )
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
 
 
 async def parse_form(request: Request, media: MediaConfig, max_body: int) -> dict[str, Any]:
@@ -126,15 +156,24 @@ async def read_payload(
     max_body: int,
     media: MediaConfig,
     model: type[BaseModel] | None = None,
-) -> Any:
-    """The payload of a request; ``model`` (the endpoint's input schema) shapes form values."""
+    max_depth: int = 64,
+    offload: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
+) -> tuple[Any, int]:
+    """The payload of a request and its size in bytes; ``model`` (the endpoint's input
+    schema) shapes form values, and ``offload`` runs the JSON parse of a large body off the
+    event loop."""
     body = await read_body(request, max_body)
     kind = media_type(request)
-    if kind == "application/x-www-form-urlencoded" and body.lstrip()[:1] in (b"{", b"["):
-        return parse_json(body)  # `curl -d '{...}'` labels JSON as a form
-    if kind in FORM_TYPES:
-        return as_lists(await parse_form(request, media, max_body), model)
-    return parse_json(body)
+    if kind in FORM_TYPES and not (
+        kind == "application/x-www-form-urlencoded" and body.lstrip()[:1] in (b"{", b"[")
+    ):  # (`curl -d '{...}'` labels JSON as a form)
+        return as_lists(await parse_form(request, media, max_body), model), len(body)
+    if offload is not None and len(body) > OFFLOAD_JSON_BYTES:
+        return await offload(lambda: parse_json(body, max_depth)), len(body)
+    return parse_json(body, max_depth), len(body)
+
+
+OFFLOAD_JSON_BYTES = 64 * 1024  # larger JSON bodies are parsed in the input pool
 
 
 def as_lists(payload: dict[str, Any], model: type[BaseModel] | None) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""Liveness, readiness and schema routes, for one model or several.
+
+``GET /`` and ``/health/live`` answer while the process runs; ``/health/ready`` once every
+model is loaded (503 naming the ones that are not, with their state); ``GET
+/v1/models/{name}`` (and ``/loaded``) is one model's readiness, ``/schema`` its default
+endpoint's input and output schemas.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import NotFound, NotReady
+from ..runner import Runner
+from .errors import error_response
+from .openapi import schema_of
+from .registry import Models
+from .responses import FastJSONResponse
+
+
+def not_ready(runner: Runner) -> Response:
+    if runner.state == "failed":
+        message = f"model {runner.name} failed to load: {runner.load_error}"
+    elif runner.closing:
+        message = f"model {runner.name} is shutting down"
+    else:
+        message = f"model {runner.name} is not ready (state: {runner.state})"
+    return error_response(NotReady(message, headers={"Retry-After": "1"}))
+
+
+def health_routes(models: Models) -> list[Route]:
+    async def root(request: Request) -> Response:
+        return FastJSONResponse(True)
+
+    async def live(request: Request) -> Response:
+        return FastJSONResponse({"status": "alive"})
+
+    async def ready(request: Request) -> Response:
+        waiting = [r for r in models if not r.ready or r.closing]
+        if waiting:
+            if len(models) == 1:
+                return not_ready(waiting[0])
+            states = {r.name: "shutting_down" if r.closing else r.state for r in waiting}
+            listed = ", ".join(f"{name} ({state})" for name, state in states.items())
+            return error_response(NotReady(f"not ready: {listed}", headers={"Retry-After": "1"}))
+        if len(models) == 1:
+            return FastJSONResponse({"status": "ready", "model": models.default.name})
+        return FastJSONResponse({"status": "ready", "models": models.names})
+
+    async def model_ready(request: Request) -> Response:
+        runner = models.get(request.path_params["model_name"])
+        return FastJSONResponse({}) if runner.ready and not runner.closing else not_ready(runner)
+
+    async def schema(request: Request) -> Response:
+        runner = models.get(request.path_params["model_name"])
+        if not runner.ready:
+            return not_ready(runner)
+        ep = runner.endpoint(None)
+        if ep.input_model is None and ep.output_model is None:
+            return error_response(NotFound("no schema found"))
+        return FastJSONResponse(
+            {
+                "input_schema": schema_of(ep.input_model),
+                "output_schema": schema_of(ep.output_model, mode="serialization"),
+            }
+        )
+
+    return [
+        Route("/", root, methods=["GET"]),
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/v1/models/{model_name}", model_ready, methods=["GET"]),
+        Route("/v1/models/{model_name}/loaded", model_ready, methods=["GET"]),
+        Route("/v1/models/{model_name}/schema", schema, methods=["GET"]),
+    ]
