@@ -65,7 +65,6 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
-        self._queues: dict[str, Any] = {}
 
     def observe(
         self, model: str, endpoint: str, outcome: str, seconds: float, reason: str | None = None
@@ -105,11 +104,10 @@ class Metrics:
     def observe_batch(self, model: str, endpoint: str, size: int) -> None:
         self.batch_size.labels(model, endpoint).observe(size)
 
-    def set_queued(self, model: str, depth: int) -> None:
-        gauge = self._queues.get(model)
-        if gauge is None:
-            gauge = self._queues[model] = self.queue.labels(model)
-        gauge.set(depth)
+    def track_queue(self, model: str, depth: Callable[[], float]) -> None:
+        """Report ``depth()`` as ``model``'s queue depth, read at each scrape (nothing to
+        update on the request path)."""
+        self.queue.labels(model).set_function(depth)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,7 +33,9 @@ log = logging.getLogger("impasto.prediction")
 
 Status = Literal["queued", "processing", "succeeded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
-Listener = Callable[["Prediction", Event], None]  # sees every prediction of a runner
+# Runner-wide listeners (metrics) see the model's events (progress, preview, log) of every
+# prediction; transitions reach them through the runner's end-of-prediction hook instead.
+Listener = Callable[["Prediction", Event], None]
 
 
 class Prediction:
@@ -122,19 +124,16 @@ class Prediction:
         return lambda: self._subscribers.remove(sink) if sink in self._subscribers else None
 
     def _publish(self, kind: str, data: dict[str, Any]) -> None:
-        if not (self._subscribers or self._listeners):
-            return
-        event = Event(kind, data)
-        for listener in self._listeners:
-            try:
-                listener(self, event)
-            except Exception:
-                log.exception("request %s: a %s listener failed", self.id, kind)
+        """A transition's event, to this prediction's subscribers."""
+        if self._subscribers:
+            self._send(Event(kind, data))
+
+    def _send(self, event: Event) -> None:
         for sink in tuple(self._subscribers):
             try:
                 sink(event)
             except Exception:
-                log.exception("request %s: a %s subscriber failed", self.id, kind)
+                log.exception("request %s: a %s subscriber failed", self.id, event.kind)
 
     def _from_context(self, event: Event) -> None:
         """The model's progress, preview and log events, from whatever thread emits them."""
@@ -153,7 +152,12 @@ class Prediction:
             self.progress = (event.data.get("step", 0), event.data.get("total", 0))
         elif event.kind == "log":
             self._keep_log(str(event.data.get("message", "")))
-        self._publish(event.kind, event.data)
+        for listener in self._listeners:  # runner-wide (metrics): the model's events only
+            try:
+                listener(self, event)
+            except Exception:
+                log.exception("request %s: a %s listener failed", self.id, event.kind)
+        self._send(event)
 
     def _keep_log(self, line: str) -> None:
         self.logs.append(line)
@@ -207,7 +211,7 @@ class Prediction:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._subscribers or self._listeners:
+        if self._subscribers:
             data: dict[str, Any] = {"status": status, "outcome": self.outcome}
             if self.error is not None:
                 data["error"] = self.error.to_dict()["error"]

@@ -46,6 +46,7 @@ from .errors import (
 )
 from .media.budget import DecodeBudget
 from .prediction import Prediction
+from .slots import Slots
 from .spec import CallSpec, EndpointSpec, ModelSpec
 from .streams import drain, uncancel
 
@@ -83,7 +84,7 @@ class Runner:
         self.closing = False
         self._done = asyncio.Event()
         rt = config.runtime
-        self._slots = asyncio.Semaphore(rt.predict_concurrency)
+        self._slots = Slots(rt.predict_concurrency)
         self._busy = 0  # slots in use, abandoned threads included
         self._queued = 0  # admitted predictions that do not hold the model yet
         self._live: set[Prediction] = set()
@@ -96,8 +97,11 @@ class Runner:
             max_workers=rt.input_workers, thread_name_prefix="impasto-input"
         )
         self._batchers: dict[str, BatchQueue] = {}
+        self._capacity: dict[str, int] = {}
         self._load_task: asyncio.Task | None = None
         self._listeners = [metrics.listener(name)] if metrics is not None else []
+        if metrics is not None:
+            metrics.track_queue(name, lambda: self._queued)
 
     # loading ------------------------------------------------------------------------------
     def start(self) -> asyncio.Task:
@@ -180,8 +184,12 @@ class Runner:
     def capacity(self, endpoint: EndpointSpec) -> int:
         """Predictions of this model that may be in flight before 429: what the slots can run
         (a batch per slot for a batched endpoint) plus ``runtime.max_queue`` waiting."""
-        per_slot = self.config.batching.max_batch_size if self._batches(endpoint) else 1
-        return self.config.runtime.max_queue + self.config.runtime.predict_concurrency * per_slot
+        limit = self._capacity.get(endpoint.name)
+        if limit is None:
+            per_slot = self.config.batching.max_batch_size if self._batches(endpoint) else 1
+            rt = self.config.runtime
+            limit = self._capacity[endpoint.name] = rt.max_queue + rt.predict_concurrency * per_slot
+        return limit
 
     def admit(
         self,
@@ -242,8 +250,6 @@ class Runner:
 
     def _set_queued(self, delta: int) -> None:
         self._queued += delta
-        if self.metrics is not None:
-            self.metrics.set_queued(self.name, self._queued)
 
     def _started(self, p: Prediction) -> None:
         if p.started_at is None and not p.done:
@@ -267,7 +273,7 @@ class Runner:
                 field="body",
             )
         media = self.config.media
-        context = {"media": media, "budget": DecodeBudget(media)}
+        context = {"media": media, "budget": DecodeBudget(media) if endpoint.has_media else None}
 
         def check() -> Any:
             try:
@@ -345,10 +351,11 @@ class Runner:
         await self.acquire(p)
         self._started(p)
         if call.is_async:  # an abort cancels the coroutine itself: the slot frees at once
+            token = logs.enter((p.ctx,))
             try:
-                with logs.running((p.ctx,)):
-                    return await call.bind(self.model, value, p.ctx)()
+                return await call.bind(self.model, value, p.ctx)()
             finally:
+                logs.leave(token)
                 self.release()
         work = self._submit(logs.call_in((p.ctx,), call.bind(self.model, value, p.ctx)))
         # A thread cannot be stopped: it keeps its slot until it returns, whatever the

@@ -40,6 +40,12 @@ def serve(
         None, envvar="IMPASTO_SECRETS_DIR", help="Folder of secret files (default /secrets)."
     ),
     log_level: str = typer.Option("info", envvar="IMPASTO_LOG_LEVEL"),
+    access_log: bool = typer.Option(
+        True,
+        "--access-log/--no-access-log",
+        envvar="IMPASTO_ACCESS_LOG",
+        help="Log every request (health probes and /metrics excepted).",
+    ),
 ) -> None:
     """Serve a package; the model loads in the background while /health/ready answers 503."""
     if environment:
@@ -75,7 +81,12 @@ def serve(
 
     app = build_app(package, on_load_failed=on_load_failed)
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, timeout_graceful_shutdown=30
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+        access_log=access_log,
     )
     server = uvicorn.Server(config)
     server.run()

@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,6 +37,9 @@ class ServerSettings:
     model_name: str | None = None  # the title of the API docs (default: the default model)
     on_load_failed: Callable[[], None] | None = None
     extra_routes: tuple[BaseRoute, ...] = ()
+    # More protocols: each is called with the CallPath and gives ``routes()`` (see
+    # docs/architecture.md); their routes come after impasto's own.
+    adapters: tuple[Callable[[CallPath], Any], ...] = ()
     redact: Callable[[str], str] | None = None  # secrets scrubbed from every log record
 
 
@@ -92,6 +96,7 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
+        *(route for make in settings.adapters for route in make(callpath).routes()),
         *settings.extra_routes,
     ]
     app = Starlette(

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starlette.requests import Request
@@ -43,29 +42,46 @@ WATCH_AFTER_S = 0.02  # fast predictions finish before a disconnect watcher woul
 _NO_PREFS = OutputPrefs()
 
 
-@dataclass(frozen=True)
 class Inbound:
-    """What an adapter read from one request."""
+    """What an adapter read from one request: the payload; the client's output preferences;
+    ``events`` to stream the prediction's events (progress, previews, the result) instead of
+    waiting for it; ``gather`` to collect a streaming endpoint's chunks into one result;
+    ``size``, the body's bytes (large bodies validate in the input pool)."""
 
-    payload: Any
-    prefs: OutputPrefs = _NO_PREFS
-    events: bool = False  # stream the prediction's events (progress, previews, the result)
-    gather: bool = False  # a streaming endpoint's chunks gathered into one result
-    size: int | None = None  # body bytes: large bodies validate in the input pool
+    __slots__ = ("events", "gather", "payload", "prefs", "size")
+
+    def __init__(
+        self,
+        payload: Any,
+        prefs: OutputPrefs = _NO_PREFS,
+        *,
+        events: bool = False,
+        gather: bool = False,
+        size: int | None = None,
+    ) -> None:
+        self.payload = payload
+        self.prefs = prefs
+        self.events = events
+        self.gather = gather
+        self.size = size
 
 
 class Gathered(list):
     """A streaming endpoint's chunks, gathered for a client that asked for one response."""
 
 
-@dataclass(frozen=True)
 class Target:
     """Where a request goes, handed to :meth:`Adapter.read` with helpers for the body."""
 
-    request: Request
-    runner: Runner
-    endpoint: EndpointSpec
-    prediction: Prediction
+    __slots__ = ("endpoint", "prediction", "request", "runner")
+
+    def __init__(
+        self, request: Request, runner: Runner, endpoint: EndpointSpec, prediction: Prediction
+    ) -> None:
+        self.request = request
+        self.runner = runner
+        self.endpoint = endpoint
+        self.prediction = prediction
 
     async def body(self) -> bytes:
         """The raw body, refused (413) past ``runtime.max_body_bytes``."""
@@ -106,6 +122,7 @@ class CallPath:
 
     def __init__(self, models: Models) -> None:
         self.models = models
+        self._watch = _DisconnectWatch()
 
     async def handle(
         self,
@@ -132,7 +149,8 @@ class CallPath:
                 value = await runner.decode(p, inbound.payload, size=inbound.size)
                 if inbound.events and not ep.streams:
                     p.bind(None)
-                    return adapter.write_events(request, p, self.events(runner, p, value))
+                    events = self.events(runner, p, value)
+                    return closing(adapter.write_events(request, p, events), events)
                 result = await self._run(request, runner, p, value, ep.streams and inbound.gather)
             except asyncio.CancelledError:
                 if not p.aborted:  # the server itself is canceling this task
@@ -143,7 +161,7 @@ class CallPath:
                 raise p.ctx.error() from None
             p.bind(None)
             if ep.streams and not inbound.gather:
-                return adapter.write_stream(request, p, result)
+                return closing(adapter.write_stream(request, p, result), result)
             p.ctx.timings["total"] = time.monotonic() - p.ctx.created  # until the output
             response = await adapter.write_result(request, p, result)
             p.succeed(result)
@@ -163,12 +181,7 @@ class CallPath:
         self, request: Request, runner: Runner, p: Prediction, value: Any, gather: bool
     ) -> Any:
         """Run the prediction while watching for the client to go away (which aborts it)."""
-        watcher: list[asyncio.Task] = []
-
-        def start_watching() -> None:
-            watcher.append(asyncio.create_task(_watch_disconnect(request, p)))
-
-        timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
+        self._watch.add(p, request)
         try:
             result = await runner.run(p, value)
             if gather:  # drained while the client waits: leaving cancels it too
@@ -176,9 +189,7 @@ class CallPath:
                     return Gathered([chunk async for chunk in result])
             return result
         finally:
-            timer.cancel()
-            for task in watcher:
-                task.cancel()
+            self._watch.discard(p)
 
     async def events(self, runner: Runner, p: Prediction, value: Any) -> AsyncIterator[Event]:
         """Run ``p`` in its own task and yield its events until ``completed`` (the ``output``
@@ -232,6 +243,67 @@ async def execute(
     finally:
         p.bind(None)
     return None
+
+
+class _ClosesAfter:
+    """A response that, however its sending ends (done, failed, the client gone), closes the
+    iterator it streams: the prediction ends and the model slot frees then, not whenever the
+    garbage collector finalizes an abandoned generator."""
+
+    def __init__(self, response: Response, source: Any) -> None:
+        self.response = response
+        self.source = source
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            await self.source.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.response, name)
+
+
+def closing(response: Response, source: Any) -> Response:
+    return _ClosesAfter(response, source)  # type: ignore[return-value]
+
+
+class _DisconnectWatch:
+    """Watches running requests for their client going away, from one timer for all.
+
+    A request still running ``WATCH_AFTER_S`` after it started gets a task reading its
+    ``http.disconnect``; faster ones finish before anyone could notice, and cost two dict
+    operations instead of a timer and a task each."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Prediction, tuple[Request, float]] = {}
+        self._watching: dict[Prediction, asyncio.Task] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, p: Prediction, request: Request) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending[p] = (request, loop.time())
+        if self._timer is None:
+            self._timer = loop.call_later(WATCH_AFTER_S, self._tick)
+
+    def discard(self, p: Prediction) -> None:
+        if self._pending.pop(p, None) is None:
+            task = self._watching.pop(p, None)
+            if task is not None:
+                task.cancel()
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - WATCH_AFTER_S
+        for p, (request, since) in list(self._pending.items()):
+            if since <= cutoff:
+                del self._pending[p]
+                self._watching[p] = loop.create_task(_watch_disconnect(request, p))
+        if self._pending:
+            self._timer = loop.call_later(WATCH_AFTER_S / 2, self._tick)
 
 
 async def _watch_disconnect(request: Request, p: Prediction) -> None:

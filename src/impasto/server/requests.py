@@ -16,39 +16,48 @@ import typing
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from ..config import MediaConfig
 from ..context import OutputPrefs
-from ..errors import MalformedInput, PayloadTooLarge
+from ..errors import Canceled, MalformedInput, PayloadTooLarge
 from ..media import UploadedFile
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return (header(request, b"content-type") or "").split(";")[0].strip().lower()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length")
+    """The raw body, refusing more than ``limit`` bytes: at once when ``Content-Length``
+    says so, else as soon as the chunks received pass it (a chunked upload)."""
+    declared = header(request, b"content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; the limit is {limit} (runtime.max_body_bytes)",
             field="body",
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Canceled("the client went away while sending the body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(
                 f"the body exceeds {limit} bytes (runtime.max_body_bytes)", field="body"
             )
         chunks.append(chunk)
-    body = b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     request._body = body  # let request.form() re-read what was already received
     return body
 
@@ -59,11 +68,11 @@ def parse_json(body: bytes, max_depth: int = 64) -> Any:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedInput(f"invalid JSON payload: {exc}", field="body") from None
-    except RecursionError:
-        value = None  # far deeper than any limit
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "recursion" not in str(exc):
+            raise MalformedInput(f"invalid JSON payload: {exc}", field="body") from None
+        # nested past orjson's own bound, far deeper than any limit
     else:
         # Depth can only exceed the limit when there are more brackets than the limit.
         if body.count(b"[") + body.count(b"{") <= max_depth or _depth_ok(value, max_depth):
@@ -207,23 +216,36 @@ def output_prefs(
     has them (``fields``; None: any payload) and only when usable, since a model's own field
     of that name may mean something else (``quality: "draft"``).
     """
-    query = request.query_params if request.scope.get("query_string") else {}
-    fmt: Any = query.get("output_format")
-    quality: Any = query.get("quality")
-    if quality is not None:
-        quality = _quality(quality)
-        if quality is None:
-            raise MalformedInput("quality must be an integer from 1 to 100", field="quality")
-    if isinstance(payload, dict):
+    fmt: Any = None
+    quality: Any = None
+    if request.scope.get("query_string"):
+        query = request.query_params
+        fmt = query.get("output_format")
+        quality = query.get("quality")
+        if quality is not None:
+            quality = _quality(quality)
+            if quality is None:
+                raise MalformedInput("quality must be an integer from 1 to 100", field="quality")
+    if isinstance(payload, dict) and ("output_format" in payload or "quality" in payload):
         mine = {k: payload.get(k) for k in _PREFS if fields is None or k in fields}
         given = mine.get("output_format")
         fmt = fmt or (given if isinstance(given, str) else None)
         quality = quality or _quality(mine.get("quality"))
-    return OutputPrefs(
-        accept=request.headers.get("accept"),
-        format=str(fmt).lower() if fmt else None,
-        quality=quality,
-    )
+    accept = header(request, b"accept")
+    if accept is None and fmt is None and quality is None:
+        return _NO_PREFS
+    return OutputPrefs(accept=accept, format=str(fmt).lower() if fmt else None, quality=quality)
+
+
+_NO_PREFS = OutputPrefs()
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """One request header (``name`` in lower case), read straight from the ASGI scope."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 _PREFS = ("output_format", "quality")

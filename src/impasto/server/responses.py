@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import anyio.to_thread
+import orjson
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -35,7 +36,17 @@ log = logging.getLogger("impasto.server")
 
 
 def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON; NaN and infinities are refused (ValueError): JSON has none."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def fast_dumps(value: Any) -> bytes:
+    """:func:`dumps` for values already known to hold only finite numbers (orjson; the
+    standard library for what orjson does not take, such as integers past 64 bits)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return dumps(value)
 
 
 class FastJSONResponse(JSONResponse):
@@ -105,7 +116,8 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 def _small_plain(value: Any, budget: int = 256) -> bool:
-    """True for a small dict/list of plain JSON values (no media, nothing to encode)."""
+    """True for a small dict/list of plain JSON values with finite numbers (no media,
+    nothing to encode, nothing JSON cannot hold)."""
     stack, seen = [value], 0
     while stack:
         item = stack.pop()
@@ -116,9 +128,15 @@ def _small_plain(value: Any, budget: int = 256) -> bool:
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
             stack.extend(item)
+        elif isinstance(item, float):
+            if item != item or item in _INFINITE:
+                return False
         elif not isinstance(item, _PLAIN):
             return False
     return True
+
+
+_INFINITE = (float("inf"), float("-inf"))
 
 
 async def render(
@@ -133,22 +151,33 @@ async def render(
         return result
     started = time.perf_counter()
     try:
-        if isinstance(result, int | float | bool | type(None)) or (
-            isinstance(result, str) and len(result) < 4096
-        ):
-            response: Response = Response(dumps(result), media_type="application/json")
-        elif _small_plain(result):  # nothing to encode: no thread hop, no media walk
-            response = Response(dumps(result), media_type="application/json")
+        if (isinstance(result, str) and len(result) < 4096) or _small_plain(result):
+            # nothing to encode: no thread hop, no media walk
+            response: Response = _JSONBytes(fast_dumps(result))
         else:
             response = await anyio.to_thread.run_sync(_encode_response, result, prefs, media)
     except (TypeError, ValueError) as exc:
         raise unencodable(result, exc) from None
     if timings:
-        spans = {**timings, "encode": time.perf_counter() - started}
-        response.headers["Server-Timing"] = ", ".join(
-            f"{name.removesuffix('_s')};dur={seconds * 1000:.1f}" for name, seconds in spans.items()
-        )
+        spans = [f"{name.removesuffix('_s')};dur={s * 1000:.1f}" for name, s in timings.items()]
+        spans.append(f"encode;dur={(time.perf_counter() - started) * 1000:.1f}")
+        response.raw_headers.append((b"server-timing", ", ".join(spans).encode()))
     return response
+
+
+class _JSONBytes(Response):
+    """A response of JSON bytes already encoded (skips Response's own rendering)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
 
 
 def unencodable(result: Any, exc: BaseException) -> ModelError:
