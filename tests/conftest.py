@@ -51,6 +51,11 @@ class ThreadServer:
     def wait_ready(self, timeout: float = 60) -> None:
         wait_ready(self.client, timeout)
 
+    @property
+    def loop(self):
+        """The server's event loop (to run a coroutine there from the test)."""
+        return self.server.servers[0].get_loop()
+
     def stop(self) -> None:
         self.client.close()
         self.server.should_exit = True

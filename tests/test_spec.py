@@ -164,3 +164,48 @@ def test_parse_config_defaults_are_sane():
     assert config.runtime.predict_concurrency == 1
     assert config.runtime.max_queue > 0
     assert config.batching.max_batch_size >= 1
+
+
+def test_loading_a_package_leaves_the_process_as_it_was(monkeypatch):
+    import os
+    import sys
+
+    from conftest import PACKAGES
+    from impasto import load_package
+
+    monkeypatch.delenv("ECHO_MODE", raising=False)
+    path_before, env_before = list(sys.path), dict(os.environ)
+    package = load_package(PACKAGES / "echo")  # environment_variables and a package dir
+    assert list(sys.path) == path_before and dict(os.environ) == env_before
+    with package.scope():  # serving it applies them...
+        assert os.environ["ECHO_MODE"] == "loud"
+        assert any(p.endswith("shared_lib") for p in sys.path)
+    assert list(sys.path) == path_before and dict(os.environ) == env_before  # ...and undoes
+
+
+@pytest.mark.parametrize("name", ["input", "data", "request", "payload"])
+def test_a_single_pydantic_parameter_is_validated_whatever_its_name(name):
+    from pydantic import BaseModel
+
+    class Prompt(BaseModel):
+        prompt: str
+        times: int = 1
+
+    namespace: dict = {"Prompt": Prompt}
+    exec(f"def predict(self, {name}: Prompt):\n    return {name}.prompt * {name}.times", namespace)
+    Model = type("Model", (), {"predict": namespace["predict"]})
+    endpoint = inspect_model(Model).default_endpoint
+    assert endpoint.call.style == "model" and endpoint.input_model is Prompt
+
+
+def test_an_annotation_that_cannot_be_resolved_fails_at_load_naming_it():
+    class Prompt:  # local: a string annotation naming it cannot be resolved later
+        pass
+
+    namespace: dict = {}
+    exec("def predict(self, request: 'Prompt'):\n    return request", namespace)
+    Model = type("Model", (), {"predict": namespace["predict"]})
+    with pytest.raises(
+        PackageError, match=r"cannot resolve the annotation .*Prompt.* of `request`"
+    ):
+        inspect_model(Model)

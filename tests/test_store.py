@@ -634,3 +634,21 @@ def test_python_api_import_model(store: ModelStore, folder: Path) -> None:
         import_model("api-model:v2", folder, home=store.home, revision="main")
     with pytest.raises(StoreError, match="neither a folder nor a hub repo id"):
         import_model("api-model:v3", "/no/such/folder", home=store.home)
+
+
+def test_files_larger_than_one_read_are_hashed_and_copied_whole(tmp_path):
+    import hashlib
+    import io
+
+    from impasto.store.files import CHUNK, hash_file, hash_stream
+
+    data = bytes(range(256)) * (CHUNK * 2 // 256 + 3)  # two chunks and a partial third
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert hash_file(path) == expected
+    copy = io.BytesIO()
+    seen: list[int] = []
+    with path.open("rb") as src:
+        assert hash_stream(src, copy, seen.append) == (expected, len(data))
+    assert copy.getvalue() == data and seen == [CHUNK, CHUNK, len(data) - 2 * CHUNK]

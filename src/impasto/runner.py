@@ -98,6 +98,12 @@ class Runner:
         )
         self._batchers: dict[str, BatchQueue] = {}
         self._capacity: dict[str, int] = {}
+        # Media are decoded only by the predictions that will run next: what the slots can
+        # run plus one per input worker. The rest wait holding their raw bodies only.
+        batched = any(ep.batch_call for ep in spec.endpoints.values())
+        per_slot = config.batching.max_batch_size if batched else 1
+        self._decoding = Slots(rt.predict_concurrency * per_slot + rt.input_workers)
+        self._decoders: set[Prediction] = set()
         self._load_task: asyncio.Task | None = None
         self._listeners = [metrics.listener(name)] if metrics is not None else []
         if metrics is not None:
@@ -241,6 +247,9 @@ class Runner:
     def _ended(self, p: Prediction) -> None:
         if p.started_at is None:
             self._set_queued(-1)
+        if p in self._decoders:
+            self._decoders.discard(p)
+            self._decoding.release()
         self._live.discard(p)
         if not self._live:
             self._idle.set()
@@ -258,9 +267,13 @@ class Runner:
 
     # decoding -----------------------------------------------------------------------------
     async def decode(self, p: Prediction, payload: Any, *, size: int | None = None) -> Any:
-        """Validate ``payload`` against the endpoint's input schema. Media are decoded (and
-        URLs fetched) here, in the input pool under the request's decode budget, so slow
-        inputs never hold a model thread; small plain bodies validate on the loop."""
+        """Validate ``payload`` against the endpoint's input schema; small plain bodies on the
+        loop, the rest in the input pool (so slow inputs never hold a model thread).
+
+        Media are decoded (and URLs fetched) under the request's decode budget, and only by
+        the predictions that will run next: a decode permit (what the slots can run, plus one
+        per input worker) is taken first and held until the prediction ends, so requests
+        waiting further back hold their raw bodies, never decoded pixels."""
         endpoint = self.spec.endpoints[p.endpoint]
         model = endpoint.input_model
         if model is None:
@@ -281,7 +294,12 @@ class Runner:
             except ValidationError as exc:
                 raise pydantic_errors(exc) from None
 
-        if endpoint.has_media or (size or 0) > INLINE_VALIDATION_BYTES:
+        if endpoint.has_media:
+            p.ctx.stage = "while waiting in the queue"
+            await self._decoding.acquire()  # held until the prediction ends
+            self._decoders.add(p)
+            value = await self.in_input_pool(check)
+        elif (size or 0) > INLINE_VALIDATION_BYTES:
             value = await self.in_input_pool(check)
         else:
             value = check()
@@ -473,6 +491,7 @@ class Runner:
             "state": self.state,
             "in_flight": len(self._live),
             "waiting": self._queued,
+            "decoded": len(self._decoders),
             "running": self._busy,
             "batch_pending": {name: b.pending for name, b in self._batchers.items()},
         }

@@ -130,11 +130,30 @@ class ModelSpec:
         return self.endpoints.get(name or "") or next(iter(self.endpoints.values()))
 
 
-def _hints(fn: Callable) -> dict[str, Any]:
+def _hints(fn: Callable, where: str) -> dict[str, Any]:
+    """The resolved annotations of ``fn``. A parameter annotation that cannot be resolved (a
+    class defined inside a function, under ``from __future__ import annotations``) fails
+    here, naming it: read as plain text it would silently skip validation."""
     try:
         return typing.get_type_hints(fn, include_extras=True)
-    except Exception:  # unresolvable forward refs: fall back to raw annotations
-        return dict(getattr(fn, "__annotations__", {}))
+    except Exception:
+        pass
+    hints: dict[str, Any] = {}
+    for name, annotation in getattr(fn, "__annotations__", {}).items():
+        text = annotation
+        try:
+            for _ in range(2):  # "'Prompt'": a quoted name under postponed annotations
+                if isinstance(annotation, str):
+                    annotation = eval(annotation, getattr(fn, "__globals__", {}))  # as typing
+        except Exception:
+            if name == "return":
+                continue
+            raise PackageError(
+                f"{where}: cannot resolve the annotation {text!r} of `{name}`; "
+                "define or import that type at the top level of the module"
+            ) from None
+        hints[name] = annotation
+    return hints
 
 
 def _is_model_type(tp: Any) -> bool:
@@ -176,9 +195,9 @@ def inspect_call(cls: type, attr: str, *, input_name: str, list_input: bool = Fa
     """Read one method's signature into a :class:`CallSpec` (raises PackageError if unusable)."""
     fn = getattr(cls, attr)
     sig = inspect.signature(fn)
-    hints = _hints(fn)
-    params = [p for p in sig.parameters.values() if p.name != "self"]
     where = f"{cls.__name__}.{attr}{sig}"
+    hints = _hints(fn, where)
+    params = [p for p in sig.parameters.values() if p.name != "self"]
     context_param = None
     data_params = []
     for p in params:

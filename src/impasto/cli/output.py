@@ -47,10 +47,23 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _Formatter(logging.Formatter):
+    """``time level logger: message``, with ``[request ID]`` for lines logged during a
+    prediction (the id the server answers in ``X-Request-ID``)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        request_id = getattr(record, "request_id", "-")
+        return text if request_id == "-" else f"{text} [request {request_id}]"
+
+
 def configure_logging(level: str = "info", redactor: logging.Filter | None = None) -> None:
     """Only the CLI configures logging; the library never does on import."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_Formatter())
     if redactor is not None:
         handler.addFilter(redactor)
     root = logging.getLogger()

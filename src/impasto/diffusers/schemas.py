@@ -75,6 +75,18 @@ def _fit(w: int, h: int, max_side: int, max_pixels: int) -> tuple[int, int]:
     return max(8, int(w * scale) // 8 * 8), max(8, int(h * scale) // 8 * 8)
 
 
+def _some_steps_left(cls: Any, strength: float, info: ValidationInfo) -> float:
+    """img2img and inpaint run ``int(num_inference_steps * strength)`` steps: none is an
+    error of the request (named here, as a 422 on ``strength``), not of the pipeline."""
+    steps = info.data.get("num_inference_steps")
+    if isinstance(steps, int) and int(steps * strength) < 1:
+        raise ValueError(
+            f"strength {strength} x num_inference_steps {steps} leaves no denoising step; "
+            "raise either so that their product is at least 1"
+        )
+    return strength
+
+
 def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
     """The input model of each task (``text2img``, ``img2img``, ``inpaint``, ``img2vid``)."""
     lim = cfg.limits
@@ -203,6 +215,8 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             examples=[0.6],
         )
 
+        _steps_left = field_validator("strength")(classmethod(_some_steps_left))
+
     class InpaintInput(_Image):
         """Repaint the white area of a mask."""
 
@@ -213,6 +227,8 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
         strength: float = Field(
             1.0, gt=0, le=1, description="How much to change the masked area.", examples=[1.0]
         )
+
+        _steps_left = field_validator("strength")(classmethod(_some_steps_left))
 
     video_guidance = guidance if "default_guidance" in cfg.model_fields_set else 3.0
     video_guidance = min(video_guidance, lim.max_guidance)

@@ -382,7 +382,10 @@ def _jsonable(value: Any, encoded: dict[int, Any]) -> Any:
     try:
         return to_jsonable_python(value)
     except Exception:
-        raise ModelError(f"the output holds a {type(value).__name__}, which is not JSON-able")
+        raise ModelError(
+            f"the model returned output holding a {type(value).__name__}, which cannot be sent "
+            "as JSON; return JSON values, media or pydantic models"
+        ) from None
 
 
 def encode_multipart(parts: list[Encoded], boundary: str | None = None) -> tuple[bytes, str]:

@@ -70,7 +70,7 @@ def parse_json(body: bytes, max_depth: int = 64) -> Any:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if "recursion" not in str(exc):
+        if "depth limit" not in str(exc) and "recursion" not in str(exc):
             raise MalformedInput(f"invalid JSON payload: {exc}", field="body") from None
         # nested past orjson's own bound, far deeper than any limit
     else:
