@@ -282,3 +282,32 @@ def test_wait_for_load_past_the_deadline_is_504(serve_thread, tmp_path, monkeypa
     r = server.client.post("/predict", json={})
     assert r.status_code == 504
     assert "while the model was loading" in r.json()["error"]["message"]
+
+
+def test_a_load_that_fails_while_requests_wait_answers_them_with_its_error(
+    serve_thread, tmp_path, monkeypatch
+):
+    import shutil
+
+    pkg = tmp_path / "lifecycle"
+    shutil.copytree(PACKAGES / "lifecycle", pkg)
+    text = (pkg / "config.yaml").read_text()
+    text = text.replace("runtime:\n", "runtime:\n  wait_for_load: true\n")
+    (pkg / "config.yaml").write_text(text.replace("predict_timeout_s: 2", "predict_timeout_s: 30"))
+    monkeypatch.setenv("LIFECYCLE_LOAD_SECONDS", "0.5")
+    monkeypatch.setenv("LIFECYCLE_LOAD_FAIL", "1")
+    server = serve_thread(pkg, ready=False)
+    r = server.client.post("/predict", json={})  # held while loading, then the load fails
+    assert r.status_code == 503, r.text
+    message = r.json()["error"]["message"]
+    assert "failed to load" in message and "weights are missing" in message
+
+
+def test_the_openapi_document_is_built_once(echo, monkeypatch):
+    import impasto.server.app as app_module
+
+    first = echo.client.get("/openapi.json")
+    monkeypatch.setattr(app_module, "build_openapi", lambda *a, **k: 1 / 0)  # never again
+    second = echo.client.get("/openapi.json")
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content
