@@ -50,6 +50,18 @@ class Package:
         return self.config.model_name or self.root.name
 
     @property
+    def kind(self) -> str:
+        """Which protocol's dialect shared routes answer in: ``truss`` for a model class with
+        its own ``predict`` (the Truss-shaped package), ``impasto`` for the rest (zero-code
+        diffusers, ``@impasto.endpoint`` classes)."""
+        from .diffusers.model import DiffusersModel
+
+        cls = self.spec.cls
+        if issubclass(cls, DiffusersModel) or not callable(getattr(cls, "predict", None)):
+            return "impasto"
+        return "truss"
+
+    @property
     def data_dir(self) -> Path:
         return (self.root / self.config.data_dir).resolve()
 

@@ -65,6 +65,7 @@ class Runner:
         config: PackageConfig,
         *,
         name: str = "model",
+        kind: str = "impasto",
         metrics: Any = None,
         redact: Callable[[str], str] = lambda text: text,
         scope: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
@@ -72,6 +73,7 @@ class Runner:
         self.spec = spec
         self.config = config
         self.name = name
+        self.kind = kind  # the dialect shared routes answer in: truss, sagemaker, impasto...
         self.metrics = metrics
         self.redact = redact
         self._factory = factory

@@ -21,6 +21,7 @@ def runner_for(package: Package, metrics: Metrics | None = None) -> Runner:
         package.factory(),
         package.config,
         name=package.name,
+        kind=package.kind,
         metrics=metrics,
         redact=package.redactor,
         scope=package.scope,

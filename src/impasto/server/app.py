@@ -18,8 +18,9 @@ from starlette.routing import BaseRoute, Route
 from .. import __version__, logs
 from ..errors import ImpastoError
 from ..runner import Runner
-from .adapters import NativeAdapter
+from .adapters import NativeAdapter, protocol_adapters
 from .callpath import CallPath
+from .dialects import shared_routes
 from .errors import http_error, impasto_error, unhandled_error
 from .health import health_routes
 from .middleware import RequestIdMiddleware
@@ -37,8 +38,8 @@ class ServerSettings:
     model_name: str | None = None  # the title of the API docs (default: the default model)
     on_load_failed: Callable[[], None] | None = None
     extra_routes: tuple[BaseRoute, ...] = ()
-    # More protocols: each is called with the CallPath and gives ``routes()`` (see
-    # docs/architecture.md); their routes come after impasto's own.
+    # More protocols: each is called with the CallPath and gives ``routes()`` and optionally
+    # ``claims()`` on shared paths (see docs/architecture.md); after impasto's own.
     adapters: tuple[Callable[[CallPath], Any], ...] = ()
     redact: Callable[[str], str] | None = None  # secrets scrubbed from every log record
 
@@ -90,13 +91,19 @@ def create_app(
         return Response(metrics.render(), media_type=metrics.content_type)
 
     native = NativeAdapter(callpath)
+    adapters = [*(make(callpath) for make in (*protocol_adapters(), *settings.adapters))]
+    health, health_claims = health_routes(registry)
+    claims = [*native.claims(), *health_claims]
+    for adapter in adapters:
+        claims.extend(getattr(adapter, "claims", list)())
     routes: list[BaseRoute] = [
         *native.routes(),  # first: the hot path matches without scanning the rest
-        *health_routes(registry),
+        *shared_routes(claims, registry),
+        *health,
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
-        *(route for make in settings.adapters for route in make(callpath).routes()),
+        *(route for adapter in adapters for route in adapter.routes()),
         *settings.extra_routes,
     ]
     app = Starlette(

@@ -1,4 +1,4 @@
-"""Liveness, readiness and schema routes, for one model or several.
+"""Liveness, readiness and schema routes, for one model or several (impasto's dialect).
 
 ``GET /`` and ``/health/live`` answer while the process runs; ``/health/ready`` once every
 model is loaded (503 naming the ones that are not, with their state); ``GET
@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from ..errors import NotFound, NotReady
 from ..runner import Runner
+from .dialects import Claim
 from .errors import error_response
 from .openapi import schema_of
 from .registry import Models
@@ -30,7 +31,10 @@ def not_ready(runner: Runner) -> Response:
     return error_response(NotReady(message, headers={"Retry-After": "1"}))
 
 
-def health_routes(models: Models) -> list[Route]:
+def health_routes(models: Models) -> tuple[list[Route], list[Claim]]:
+    """impasto's own health routes, and its claims on the shared ones (every kind of
+    package whose protocol adapter does not claim them)."""
+
     async def root(request: Request) -> Response:
         return FastJSONResponse(True)
 
@@ -67,11 +71,14 @@ def health_routes(models: Models) -> list[Route]:
             }
         )
 
-    return [
-        Route("/", root, methods=["GET"]),
+    routes = [
         Route("/health/live", live, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
-        Route("/v1/models/{model_name}", model_ready, methods=["GET"]),
-        Route("/v1/models/{model_name}/loaded", model_ready, methods=["GET"]),
-        Route("/v1/models/{model_name}/schema", schema, methods=["GET"]),
     ]
+    claims = [
+        Claim("/", "GET", root),
+        Claim("/v1/models/{model_name}", "GET", model_ready),
+        Claim("/v1/models/{model_name}/loaded", "GET", model_ready),
+        Claim("/v1/models/{model_name}/schema", "GET", schema),
+    ]
+    return routes, claims

@@ -26,6 +26,7 @@ from ...context import Event
 from ...errors import ImpastoError
 from ...prediction import Prediction
 from ..callpath import CallPath, Gathered, Inbound, Target
+from ..dialects import Claim
 from ..errors import error_response
 from ..registry import Models
 from ..requests import output_prefs, read_payload
@@ -53,10 +54,7 @@ class NativeAdapter:
 
             return route
 
-        routes = [
-            Route("/predict", endpoint_route(None, False), methods=["POST"]),
-            Route("/v1/models/{model_name}:predict", endpoint_route(None, True), methods=["POST"]),
-        ]
+        routes = [Route("/predict", endpoint_route(None, False), methods=["POST"])]
         names: set[str] = set()
         for runner in self.models:
             for ep in runner.spec.endpoints.values():
@@ -73,6 +71,16 @@ class NativeAdapter:
                     )
                 )
         return routes
+
+    def claims(self) -> list[Claim]:
+        """``/v1/models/{name}:predict`` for every kind of package no other adapter claims
+        it for (a Truss-shaped model gets Truss's answers there)."""
+
+        async def predict(request: Request) -> Response:
+            model = request.path_params.get("model_name")
+            return await self.callpath.handle(request, self, model, None)
+
+        return [Claim("/v1/models/{model_name}:predict", "POST", predict)]
 
     # reading ------------------------------------------------------------------------------
     async def read(self, request: Request, target: Target) -> Inbound:
