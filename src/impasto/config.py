@@ -8,8 +8,9 @@ reported as warnings, never a crash.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,9 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-
-class ConfigWarning(UserWarning):
-    """A config.yaml key impasto does not know (kept, not used)."""
+log = logging.getLogger("impasto.config")
 
 
 class _Section(BaseModel):
@@ -269,12 +268,21 @@ class PackageConfig(_Section):
 
     def unknown_keys(self) -> list[str]:
         """Keys present in the file that no section of impasto knows, with their dotted path."""
-        found = [str(k) for k in (self.model_extra or {})]
-        for name in ("resources", "runtime", "batching", "media"):
-            section = getattr(self, name)
-            found += [f"{name}.{k}" for k in (section.model_extra or {})]
+        return sorted(key for key, _ in self.typos())
+
+    def typos(self) -> list[tuple[str, str | None]]:
+        """Each unknown key (dotted path) with the closest key its section knows, if any."""
+        sections: list[tuple[str, BaseModel]] = [("", self)]
+        sections += [(f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching")]
+        sections.append(("media.", self.media))
         if self.diffusers is not None:
-            found += [f"diffusers.{k}" for k in (self.diffusers.model_extra or {})]
+            sections.append(("diffusers.", self.diffusers))
+        found = []
+        for prefix, section in sections:
+            known = list(type(section).model_fields)
+            for key in section.model_extra or {}:
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+                found.append((f"{prefix}{key}", f"{prefix}{close[0]}" if close else None))
         return sorted(found)
 
 
@@ -292,11 +300,9 @@ def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") ->
         raise ConfigError(
             f"{source}: invalid value for `{key}`: {value!r} ({err['msg']})", field=key
         ) from None
-    unknown = config.unknown_keys()
-    if unknown:
-        warnings.warn(
-            f"{source}: unknown keys ignored: {', '.join(unknown)}", ConfigWarning, stacklevel=2
-        )
+    for key, close in config.typos():
+        hint = f" (did you mean `{close}`?)" if close else ""
+        log.warning("%s: unknown key `%s` ignored%s", source, key, hint)
     return config
 
 

@@ -109,7 +109,7 @@ class Runner:
         self._load_task: asyncio.Task | None = None
         self._listeners = [metrics.listener(name)] if metrics is not None else []
         if metrics is not None:
-            metrics.track_queue(name, lambda: self._queued)
+            metrics.track(name, lambda: self._queued, lambda: len(self._live))
 
     # loading ------------------------------------------------------------------------------
     def start(self) -> asyncio.Task:
@@ -141,8 +141,13 @@ class Runner:
                     f"load() did not finish within {timeout} s (runtime.load_timeout_s)"
                 )
             else:
-                self.load_error = self.redact(f"{type(exc).__name__}: {exc}")
-            if not isinstance(exc, asyncio.CancelledError):
+                text = (
+                    exc.message if isinstance(exc, ImpastoError) else f"{type(exc).__name__}: {exc}"
+                )
+                self.load_error = self.redact(text)
+            if isinstance(exc, ImpastoError):  # impasto's own, clear error: one line
+                log.error("model %s failed to load: %s", self.name, self.load_error)
+            elif not isinstance(exc, asyncio.CancelledError):
                 log.error(
                     "model %s failed to load: %s\n%s",
                     self.name,
@@ -294,7 +299,7 @@ class Runner:
             try:
                 return model.model_validate(payload, context=context)
             except ValidationError as exc:
-                raise pydantic_errors(exc) from None
+                raise pydantic_errors(exc, model=model) from None
 
         if endpoint.has_media:
             p.ctx.stage = "while waiting in the queue"
@@ -497,6 +502,10 @@ class Runner:
             "running": self._busy,
             "batch_pending": {name: b.pending for name, b in self._batchers.items()},
         }
+
+    async def wait_idle(self) -> None:
+        """Until no prediction is in flight."""
+        await self._idle.wait()
 
     def stop_admitting(self) -> None:
         """From now on ``admit`` answers 503 ``shutting_down``; in-flight work goes on."""
