@@ -386,7 +386,8 @@ class Runner:
         # A thread cannot be stopped: it keeps its slot until it returns, whatever the
         # caller does, so predict_concurrency always bounds what runs.
         work.add_done_callback(self.release)
-        return await _awaited(work)
+        result = await _awaited(work)
+        return await result if inspect.isawaitable(result) else result
 
     async def _invoke(self, call: CallSpec, value: Any, ctx: Any) -> Any:
         """Run one user method outside a slot: awaited if async, else in a worker thread
