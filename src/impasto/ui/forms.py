@@ -116,8 +116,6 @@ def _component(
                 label=f.label,
                 info=info,
                 precision=0,
-                minimum=f.minimum,
-                maximum=f.maximum,
                 elem_id=eid,
                 scale=3,
             )
@@ -146,13 +144,17 @@ def _component(
             elem_id=eid,
         )
         form.readers.append((f, "number"))
+    elif f.kind in ("integer", "number") and f.default is None:
+        comp = gr.Textbox(  # empty means the schema's default (a number box cannot be empty)
+            value="", label=label, info=_bounds(info, f), placeholder="default", elem_id=eid
+        )
+        form.readers.append((f, "numtext"))
     elif f.kind in ("integer", "number"):
+        # no minimum/maximum here: impasto checks the bounds and names the field inline
         comp = gr.Number(
             value=f.default,
             label=label,
-            info=info,
-            minimum=f.minimum,
-            maximum=f.maximum,
+            info=_bounds(info, f),
             precision=0 if f.integer else None,
             elem_id=eid,
         )
@@ -188,6 +190,14 @@ def _component(
         form.readers.append((f, "json"))
     form.inputs.append(comp)
     form.components[f.name] = comp
+
+
+def _bounds(info: str | None, f: FieldView) -> str | None:
+    if f.minimum is None and f.maximum is None:
+        return info
+    low = "" if f.minimum is None else f"{f.minimum:g}"
+    high = "" if f.maximum is None else f"{f.maximum:g}"
+    return f"{info or ''} [{low}..{high}]".strip()
 
 
 # values -> payload -----------------------------------------------------------------------------
@@ -231,6 +241,17 @@ def _value(f: FieldView, role: str, value: Any) -> Any:
         if value is None:
             return _OMIT
         return round(value) if f.integer else float(value)
+    if role == "numtext":
+        text = (value or "").strip()
+        if not text:
+            return _OMIT
+        try:
+            number = float(text)
+        except ValueError:
+            raise FormError(f.name, f"{text!r} is not a number") from None
+        if f.integer and not number.is_integer():
+            raise FormError(f.name, f"{text!r} is not a whole number")
+        return int(number) if f.integer else number
     if role == "choice":
         return _OMIT if value in (None, DEFAULT_CHOICE) else value
     if role == "bool":

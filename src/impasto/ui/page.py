@@ -14,6 +14,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import gradio as gr  # this module is imported only when the playground is on
+
 from ..errors import ImpastoError
 from .backends import Backend, LoadState, Run
 from .describe import EndpointView, ModelView
@@ -78,7 +80,7 @@ class Tab:
                     label="Files", file_count="multiple", visible=False, elem_id=f"{p}-files"
                 )
                 self.result = gr.JSON(label="Result and recipe", elem_id=f"{p}-result")
-                with gr.Accordion("This request with impasto's API", open=False):
+                with gr.Accordion("This request with impasto's API", open=False, elem_id=f"{p}-api"):
                     self.curl = gr.Code(language="shell", label="curl", elem_id=f"{p}-curl")
                     self.python = gr.Code(language="python", label="Python", elem_id=f"{p}-python")
         self.last_seed = gr.State(None)
@@ -116,7 +118,8 @@ class Tab:
         self.page.events.append(run)
 
     # handlers -----------------------------------------------------------------------------
-    async def generate(self, *args: Any, request: Any = None) -> AsyncIterator[dict[Any, Any]]:
+    async def generate(self, request: gr.Request, *args: Any) -> AsyncIterator[dict[Any, Any]]:
+        """Gradio passes the request first (by its annotation), then the form's values."""
         gr = self.page.gr
         keys = len(self.page.key_inputs)
         key = (args[0] or None) if keys else None
@@ -191,6 +194,7 @@ class Tab:
         out = split_outputs(output, self.page.files.folder())
         shown: dict[Any, Any] = {
             self.status: status_html("done", f"done in {seconds:.1f} s"),
+            self.preview: gr.update(visible=False),
             self.gallery: out.images,
             self.video: gr.update(
                 value=out.videos[0] if out.videos else None, visible=bool(out.videos)
@@ -205,7 +209,7 @@ class Tab:
             shown[self.last_seed] = out.seed
         return shown
 
-    def cancel(self, request: Any = None) -> None:
+    def cancel(self, request: gr.Request) -> None:
         run = self.page.runs.get((getattr(request, "session_hash", None), self.view.key))
         if run is not None:
             run.cancel()
