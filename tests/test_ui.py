@@ -103,7 +103,8 @@ def page(browser) -> Iterator:
 def sd(tmp_path_factory) -> Iterator[ProcessServer]:
     home = tmp_path_factory.mktemp("impasto-home")
     log = tmp_path_factory.mktemp("log-ui") / "server.log"
-    server = ProcessServer(REPO / "examples" / "tiny-sd", env={"IMPASTO_HOME": str(home)}, log=log)
+    env = {"IMPASTO_HOME": str(home), "IMPASTO_UI": None}  # on by default: loopback, Gradio
+    server = ProcessServer(REPO / "examples" / "tiny-sd", env=env, log=log)
     server.client.timeout = 120
     server.wait_live(120)
     server.wait_ready(300)
