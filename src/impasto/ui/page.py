@@ -80,7 +80,9 @@ class Tab:
                     label="Files", file_count="multiple", visible=False, elem_id=f"{p}-files"
                 )
                 self.result = gr.JSON(label="Result and recipe", elem_id=f"{p}-result")
-                with gr.Accordion("This request with impasto's API", open=False, elem_id=f"{p}-api"):
+                with gr.Accordion(
+                    "This request with impasto's API", open=False, elem_id=f"{p}-api"
+                ):
                     self.curl = gr.Code(language="shell", label="curl", elem_id=f"{p}-curl")
                     self.python = gr.Code(language="python", label="Python", elem_id=f"{p}-python")
         self.last_seed = gr.State(None)
