@@ -66,12 +66,14 @@ class ProcessServer:
     """`impasto serve` in a subprocess, as a user runs it."""
 
     def __init__(
-        self, path: Path, *args: str, env: dict[str, str] | None = None, log: Path
+        self, path: Path, *args: str, env: dict[str, str | None] | None = None, log: Path
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The playground is off unless a test asks (None unsets a variable): Gradio is heavy.
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "IMPASTO_UI": "0", **(env or {})}
+        full_env = {k: v for k, v in full_env.items() if v is not None}
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
             [

@@ -27,7 +27,7 @@ def impasto(*args: str, env: dict[str, str] | None = None, timeout: float = 180)
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "IMPASTO_UI": "0", **(env or {})},  # no playground: fast
     )
 
 

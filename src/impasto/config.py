@@ -205,6 +205,16 @@ class DiffusersConfig(_Section):
     preview_every: int = Field(0, ge=0, description="Send a preview image every N steps over SSE.")
 
 
+class UIConfig(_Section):
+    """The playground at ``/ui`` (needs ``pip install 'impasto[ui]'``)."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Serve the playground (default: when Gradio is installed and the server "
+        "binds to loopback; `impasto serve --ui/--no-ui` overrides).",
+    )
+
+
 class PackageConfig(_Section):
     """A whole ``config.yaml``."""
 
@@ -242,6 +252,12 @@ class PackageConfig(_Section):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     diffusers: DiffusersConfig | None = None
     secrets_dir: str | None = Field(None, description="Folder of secret files (default /secrets).")
+    ui: UIConfig = Field(default_factory=UIConfig)
+
+    @field_validator("ui", mode="before")
+    @classmethod
+    def _ui_flag(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) or value is None else value
 
     @field_validator("secrets", mode="before")
     @classmethod
@@ -273,7 +289,9 @@ class PackageConfig(_Section):
     def typos(self) -> list[tuple[str, str | None]]:
         """Each unknown key (dotted path) with the closest key its section knows, if any."""
         sections: list[tuple[str, BaseModel]] = [("", self)]
-        sections += [(f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching")]
+        sections += [
+            (f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching", "ui")
+        ]
         sections.append(("media.", self.media))
         if self.diffusers is not None:
             sections.append(("diffusers.", self.diffusers))

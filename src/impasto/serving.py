@@ -33,9 +33,10 @@ def build_app(
     *,
     on_load_failed: Callable[[], None] | None = None,
     on_ready: Callable[[Starlette], None] | None = None,
+    ui: bool = False,
 ) -> Starlette:
     """The ASGI app serving one package (a folder or a loaded :class:`Package`) or several
-    (the first is the default model)."""
+    (the first is the default model); ``ui`` mounts the playground at ``/ui``."""
     items = list(package) if isinstance(package, list | tuple) else [package]
     packages = [p if isinstance(p, Package) else load_package(p) for p in items]
     metrics = Metrics()
@@ -47,7 +48,9 @@ def build_app(
             text = redactor(text)
         return text
 
-    settings = ServerSettings(on_load_failed=on_load_failed, on_ready=on_ready, redact=redact)
+    settings = ServerSettings(
+        on_load_failed=on_load_failed, on_ready=on_ready, redact=redact, ui=ui
+    )
     app = create_app(Models(runners), settings)
     app.state.package = packages[0]
     app.state.packages = packages

@@ -30,6 +30,7 @@ from ..serving import build_app
 from .output import LogLevel, configure_logging, err_console, handle_errors
 
 PACKAGE_ENV = "IMPASTO_PACKAGE"
+UI_ENV = "IMPASTO_UI"  # tells a --reload worker whether to mount the playground
 log = logging.getLogger("impasto.serve")
 
 
@@ -45,7 +46,7 @@ def reload_app() -> Starlette:
         log.error("%s; fix it and save: the server reloads", exc.message)
         return broken_app(exc)
     configure_logging(os.environ.get("IMPASTO_LOG_LEVEL", "info"), package.redactor)
-    return build_app(package)
+    return build_app(package, ui=os.environ.get(UI_ENV) == "1")
 
 
 def broken_app(exc: ImpastoError) -> Starlette:
@@ -132,13 +133,15 @@ def _ready_line(app: Starlette, url: str, started: float) -> None:
             routes.append(ep.route if runner is app.state.models.default else ep.name)
     shown = ", ".join(dict.fromkeys(routes))
     names = ", ".join(r.name for r in models)
+    playground = f"; playground at {url}/ui" if getattr(app.state, "ui", None) else ""
     log.info(
-        "%s ready in %.1f s at %s (POST %s; docs at %s/docs)",
+        "%s ready in %.1f s at %s (POST %s; docs at %s/docs%s)",
         names,
         time.monotonic() - started,
         url,
         shown,
         url,
+        playground,
     )
 
 
@@ -169,6 +172,12 @@ def serve(
         envvar="IMPASTO_ACCESS_LOG",
         help="Log every request (health probes and /metrics excepted).",
     ),
+    ui: bool | None = typer.Option(
+        None,
+        "--ui/--no-ui",
+        envvar="IMPASTO_UI",
+        help="Serve the playground at /ui (default: with impasto[ui] installed, on loopback).",
+    ),
 ) -> None:
     """Serve a package; the model loads in the background while /health/ready answers 503.
 
@@ -181,10 +190,18 @@ def serve(
     if secrets_dir:
         os.environ["IMPASTO_SECRETS_DIR"] = str(secrets_dir)
     if reload:
+        from ..config import load_config
+        from ..ui import ui_enabled
+
+        configured = load_config(Path(path) / "config.yaml").ui.enabled
+        os.environ[UI_ENV] = "1" if ui_enabled(ui, configured, host) else "0"
         _serve_reload(path, host, port, log_level)
         return
     sock = bind(host, port)  # a taken port fails here, before any model code runs
     package = load_package(path)  # fail fast on a broken package, before loading weights
+    from ..ui import ui_enabled  # light: Gradio itself is imported only when the UI is on
+
+    with_ui = ui_enabled(ui, package.config.ui.enabled, host)
     configure_logging(log_level, package.redactor)
     failed = {"load": False}
     server: DrainingServer | None = None
@@ -199,7 +216,10 @@ def serve(
             server.should_exit = True
 
     app = build_app(
-        package, on_load_failed=on_load_failed, on_ready=lambda a: _ready_line(a, url, started)
+        package,
+        on_load_failed=on_load_failed,
+        on_ready=lambda a: _ready_line(a, url, started),
+        ui=with_ui,
     )
     config = uvicorn.Config(
         app,

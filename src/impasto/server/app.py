@@ -44,6 +44,7 @@ class ServerSettings:
     # ``claims()`` on shared paths (see docs/architecture.md); after impasto's own.
     adapters: tuple[Callable[[CallPath], Any], ...] = ()
     redact: Callable[[str], str] | None = None  # secrets scrubbed from every log record
+    ui: bool = False  # the playground at /ui (impasto.ui; needs the ui extra)
 
 
 def create_app(
@@ -129,4 +130,8 @@ def create_app(
     app.state.runner = registry.default
     app.state.callpath = callpath
     app.state.settings = settings
+    if settings.ui:  # imported only when on: Gradio is heavy
+        from ..ui import mount_ui
+
+        mount_ui(app, registry, auth=getattr(settings, "api_keys", None))
     return app
