@@ -60,6 +60,7 @@ class InputError(ImpastoError):
     status = 422
     exit_code = 2
     type = "invalid_input"
+    details: list[dict[str, Any]] | None = None  # pydantic's errors, when validation failed
 
 
 class MalformedInput(InputError):
@@ -126,4 +127,6 @@ def pydantic_errors(exc: Any, prefix: str = "") -> InputError:
     for err in errors[:5]:
         where = ".".join(str(p) for p in err.get("loc", ())) or "input"
         parts.append(f"{where}: {err.get('msg')}")
-    return InputError("; ".join(parts) or str(exc), field=loc or None)
+    error = InputError("; ".join(parts) or str(exc), field=loc or None)
+    error.details = errors  # every error, for protocols whose bodies list them all
+    return error
