@@ -9,6 +9,7 @@ from .init import init
 from .output import DEBUG
 from .predict import predict
 from .serve import serve
+from .setup import setup
 
 app = typer.Typer(
     name="impasto",
@@ -28,6 +29,7 @@ def _root(
 
 app.command("init")(init)
 app.command("serve")(serve)
+app.command("setup")(setup)
 app.command("predict")(predict)
 app.add_typer(models.app, name="models", help="The local model store.")
 

@@ -11,7 +11,9 @@ from starlette.applications import Starlette
 
 from ..package import load_package
 from ..serving import build_app
+from .folders import choose_service_class, install_requirements, package_path
 from .output import configure_logging, err_console, handle_errors
+from .signals import exit_zero_after_sigterm
 
 PACKAGE_ENV = "IMPASTO_PACKAGE"
 
@@ -26,9 +28,13 @@ def reload_app() -> Starlette:
 
 @handle_errors
 def serve(
-    path: Path = typer.Argument(Path("."), help="The package folder."),
+    path: Path | None = typer.Argument(
+        None, help="The package folder (default: ., else SageMaker's /opt/ml/model)."
+    ),
     host: str = typer.Option("127.0.0.1", envvar="IMPASTO_HOST", help="Interface to bind."),
-    port: int = typer.Option(8080, envvar="IMPASTO_PORT", help="Port to listen on."),
+    port: int = typer.Option(
+        8080, envvar=["IMPASTO_PORT", "SAGEMAKER_BIND_TO_PORT"], help="Port to listen on."
+    ),
     reload: bool = typer.Option(False, "--reload", help="Restart when package files change."),
     stay_up: bool = typer.Option(
         False, "--stay-up", help="Keep serving (readiness 503) if load() fails."
@@ -40,6 +46,12 @@ def serve(
         None, envvar="IMPASTO_SECRETS_DIR", help="Folder of secret files (default /secrets)."
     ),
     log_level: str = typer.Option("info", envvar="IMPASTO_LOG_LEVEL"),
+    install: bool = typer.Option(
+        False, "--install-requirements", help="pip install the package's requirements first."
+    ),
+    service_class: str | None = typer.Option(
+        None, "--service-class", help="The Service class of an OctoAI-style service.py."
+    ),
     access_log: bool = typer.Option(
         True,
         "--access-log/--no-access-log",
@@ -52,6 +64,10 @@ def serve(
         os.environ["IMPASTO_ENVIRONMENT"] = environment
     if secrets_dir:
         os.environ["IMPASTO_SECRETS_DIR"] = str(secrets_dir)
+    path = package_path(path)
+    choose_service_class(service_class)
+    if install:
+        install_requirements(path)
     package = load_package(path)  # fail fast on a broken package, before binding the port
     configure_logging(log_level, package.redactor)
     if reload:
@@ -89,6 +105,7 @@ def serve(
         access_log=access_log,
     )
     server = uvicorn.Server(config)
-    server.run()
+    with exit_zero_after_sigterm():
+        server.run()
     if failed["load"] and not stay_up:
         raise typer.Exit(6)
