@@ -540,3 +540,84 @@ def test_impasto_setup_runs_setup_once_and_exits(tmp_path):
     )
     assert done.returncode == 6
     assert "setup failed on purpose" in done.stderr
+
+
+# -- the compat types themselves (§4.1) ------------------------------------------------------------
+
+
+def test_compat_types_behave_as_the_sdks(tmp_path):
+    from impasto.octoai import compat_types as t
+
+    text = t.Text("robot")
+    assert text == t.Text(text="robot")
+    assert str(text + " dinosaur") == "robot dinosaur"
+    assert "bot" in text
+    assert text[1:3] == t.Text("ob")
+    assert str(text * 2) == "robotrobot"
+    assert text.model_dump() == {"text": "robot"}
+
+    pil = Image.new("RGB", (8, 4), (10, 200, 30))
+    img = t.Image.from_pil(pil)
+    assert img.to_pil().format == "JPEG"
+    assert img.is_valid()
+    assert t.Image.from_base64(img.image_b64) == img
+    img.to_file(tmp_path / "a.jpg")
+    assert t.Image.from_file(tmp_path / "a.jpg") == img
+    response = {"output": {"image_b64": img.image_b64}, "analytics": {}}
+    assert t.Image.from_endpoint_response(response, "output").image_b64 == img.image_b64
+    assert not t.Image(t.file_b64encode(b"not an image")).is_valid()
+    assert t.file_b64decode(t.file_b64encode(b"\x00\x01")) == b"\x00\x01"
+
+    samples = np.linspace(-0.5, 0.5, 80, dtype=np.float32)
+    audio = t.Audio.from_numpy(samples, 16000)
+    data, rate = audio.to_numpy()
+    assert rate == 16000
+    assert np.allclose(data, samples, atol=1e-3)
+    assert list(audio.model_dump()) == ["audio_b64"]
+
+
+URL_SERVICE = """
+from octoai.service import Service
+from octoai.types import Image
+
+
+class Fetch(Service):
+    def infer(self, url: str) -> Image:
+        return Image.from_url(url)
+"""
+
+
+def test_image_from_url_goes_through_the_url_policy(tmp_path, serve_module):
+    import http.server
+
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 5), (1, 2, 3)).save(buf, format="PNG")
+    payload = buf.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/a.png"
+    try:
+        guarded = serve_module(service_folder(tmp_path / "guarded", URL_SERVICE))
+        r = guarded.client.post("/infer", json={"url": url})
+        assert r.status_code == 422, r.text  # a private address: refused, naming the field
+        assert r.json()["detail"][0]["loc"] == ["body", "url"]
+        allowed = service_folder(tmp_path / "allowed", URL_SERVICE)
+        (allowed / "config.yaml").write_text("media:\n  allow_private_urls: true\n")
+        r = serve_module(allowed).client.post("/infer", json={"url": url})
+        assert r.status_code == 200, r.text
+        assert base64.b64decode(r.json()["output"]["image_b64"]) == payload
+        assert guarded.client.post("/infer", json={"url": url}).status_code == 422  # its own
+    finally:
+        httpd.shutdown()

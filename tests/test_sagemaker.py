@@ -242,6 +242,23 @@ def test_model_fn_without_context_and_seeded_predict_fn(predict_srv):
     assert post(predict_srv, body, Accept="image/png").content != first
 
 
+def test_image_bodies_are_decoded_under_the_image_limits(predict_srv):
+    buf = io.BytesIO()
+    Image.new("L", (4100, 4100)).save(buf, format="PNG")  # over media.max_pixels (4096x4096)
+    message = toolkit_error(post(predict_srv, buf.getvalue(), content_type="image/png"), 400)
+    assert "media.max_pixels" in message
+    message = toolkit_error(post(predict_srv, b"not a png", content_type="image/png"), 400)
+    assert "not a valid image" in message
+
+
+def test_impastos_own_predict_route_runs_the_handlers_too(predict_srv):
+    r = predict_srv.client.post(
+        "/predict", json={"inputs": "a fox"}, headers={"Accept": "image/png"}
+    )
+    assert r.status_code == 200, r.text
+    assert image(r.content).format == "PNG"
+
+
 # -- transform_fn ----------------------------------------------------------------------------------
 
 

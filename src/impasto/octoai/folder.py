@@ -17,7 +17,6 @@ picks one. Requests that arrive while ``setup()`` runs wait for it
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import os
@@ -88,7 +87,7 @@ class OctoAIFormat:
         from ..package import _import_model_module
 
         source = root / SERVICE_FILE
-        scope = functools.partial(sdk_modules, config.media)
+        scope = sdk_modules
         with scope():
             module = _import_model_module(root, source)
             chosen = os.environ.get(SERVICE_CLASS_ENV) or (

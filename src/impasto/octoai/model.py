@@ -19,8 +19,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, create_model
 
+from ..config import MediaConfig
 from ..context import RequestContext
 from ..errors import PackageError
+from .sdk import media_policy
 
 
 class ResponseAnalytics(BaseModel):
@@ -37,16 +39,20 @@ class OctoAIModel:
     service_class: ClassVar[type]
     impasto_scope: ClassVar[Callable[[], Any]]  # the octoai modules while serving
 
-    def __init__(self) -> None:
-        self.service = self.service_class()
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.media = MediaConfig.model_validate((config or {}).get("media") or {})
+        with media_policy(self.media):
+            self.service = self.service_class()
 
     def load(self) -> None:
-        self.service.setup()
+        with media_policy(self.media):
+            self.service.setup()
 
     def run(self, input: BaseModel) -> tuple[Any, ResponseAnalytics]:
         fields = {name: getattr(input, name) for name in type(input).model_fields}
         cpu, wall = time.process_time_ns(), time.perf_counter_ns()
-        output = self.service.infer(**fields)
+        with media_policy(self.media):
+            output = self.service.infer(**fields)
         analytics = ResponseAnalytics(
             inference_time_ms=(time.process_time_ns() - cpu) / 1e6,
             performance_time_ms=(time.perf_counter_ns() - wall) / 1e6,

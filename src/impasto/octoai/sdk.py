@@ -12,6 +12,7 @@ one is done: other packages in the process never see them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import sys
@@ -29,7 +30,22 @@ class _Registry:
     lock = threading.Lock()
     users = 0
     saved: dict[str, Any] = {}
-    media = MediaConfig()
+
+
+_media: contextvars.ContextVar[MediaConfig | None] = contextvars.ContextVar(
+    "impasto_octoai_media", default=None
+)
+
+
+@contextlib.contextmanager
+def media_policy(media: MediaConfig) -> Iterator[None]:
+    """The URL policy ``from_url`` follows in this thread: the served package's media
+    settings (each package its own, in one process)."""
+    token = _media.set(media)
+    try:
+        yield
+    finally:
+        _media.reset(token)
 
 
 def installed_sdk() -> bool:
@@ -69,7 +85,7 @@ def compat_modules() -> dict[str, types.ModuleType]:
 
 
 @contextlib.contextmanager
-def sdk_modules(media: MediaConfig | None = None) -> Iterator[None]:
+def sdk_modules() -> Iterator[None]:
     """``octoai.service`` and ``octoai.types`` importable for the block (see the module)."""
     if installed_sdk():
         yield
@@ -80,8 +96,6 @@ def sdk_modules(media: MediaConfig | None = None) -> Iterator[None]:
             _Registry.saved = {name: sys.modules.get(name) for name in modules}
             sys.modules.update(modules)
         _Registry.users += 1
-        if media is not None:
-            _Registry.media = media
     try:
         yield
     finally:
@@ -102,6 +116,6 @@ def fetch(url: str) -> bytes:
     The service itself asks, so ``media.allow_urls`` (about clients' URLs) does not apply."""
     from ..media import fetch_url
 
-    config = _Registry.media.model_copy(update={"allow_urls": True})
+    config = (_media.get() or MediaConfig()).model_copy(update={"allow_urls": True})
     data, _ = fetch_url(url, field="url", config=config)
     return data
