@@ -20,7 +20,11 @@ def model_fn(model_dir):
 
 
 def predict_fn(data, model):
+    if not isinstance(data, dict):  # application/x-npy: the array itself
+        return {"array": list(data.shape), "dtype": str(data.dtype)}
     inputs = data["inputs"]
+    if isinstance(inputs, bytes):  # audio: the file's bytes
+        return {"audio_bytes": len(inputs)}
     params = data.get("parameters") or {}
     if inputs == "raise":
         raise ValueError("the handler refused this prompt")

@@ -459,18 +459,50 @@ def test_sdk_modules_are_registered_only_while_loading_and_serving(tmp_path):
     assert answer == {"text": "x 3 1.5 "}
 
 
-def test_compat_modules_take_over_from_the_unrelated_octoai_1x(tmp_path, monkeypatch):
+TAKE_OVER = """
+import json
+import sys
+
+import octoai  # the distribution installed here, already imported by the user's process
+from impasto import load_package
+
+package = load_package(sys.argv[1])
+kept = sys.modules["octoai"] is octoai
+print(json.dumps([package.kind, kept, "octoai.service" in sys.modules]))
+"""
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"__init__.py": "", "client.py": "class OctoAI:\n    pass\n"},  # octoai 1.x
+        {  # octoai-sdk 0.5 and later: no Text
+            "__init__.py": "",
+            "service.py": "class Service:\n    pass\n",
+            "types.py": "class Media:\n    pass\n",
+        },
+    ],
+    ids=["octoai-1.x", "octoai-sdk-0.5"],
+)
+def test_compat_modules_take_over_from_an_incompatible_octoai(tmp_path, files):
     site = tmp_path / "site"
     (site / "octoai").mkdir(parents=True)
-    (site / "octoai" / "__init__.py").write_text("DISTRIBUTION = 'octoai 1.x'\n")
-    (site / "octoai" / "client.py").write_text("class OctoAI:\n    pass\n")
-    monkeypatch.syspath_prepend(str(site))
-    import octoai  # the 1.x package, already imported by the user's process
-
-    package = load_package(service_folder(tmp_path / "svc", PLAIN))
-    assert package.kind == "octoai"
-    assert sys.modules["octoai"] is octoai  # put back after the import
-    sys.modules.pop("octoai", None)
+    for name, text in files.items():
+        (site / "octoai" / name).write_text(text)
+    folder = service_folder(tmp_path / "svc", PLAIN)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run(
+        [sys.executable, "-c", TAKE_OVER, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    kind, kept, leftover = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kind == "octoai"  # the service imported Text and Image from impasto's modules
+    assert kept  # and the installed package is back in place afterwards
+    assert not leftover
 
 
 def test_an_installed_compatible_sdk_is_used_as_it_is(tmp_path):

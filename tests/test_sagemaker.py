@@ -251,6 +251,31 @@ def test_image_bodies_are_decoded_under_the_image_limits(predict_srv):
     assert "not a valid image" in message
 
 
+def test_npy_and_audio_bodies_reach_predict_fn(predict_srv):
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 3), dtype=np.float32))
+    r = post(predict_srv, buf.getvalue(), content_type="application/x-npy")
+    assert r.json() == {"array": [2, 3], "dtype": "float32"}
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object))  # a pickle inside: refused
+    assert (
+        "pickle"
+        in toolkit_error(
+            post(predict_srv, buf.getvalue(), content_type="application/x-npy"), 400
+        ).lower()
+    )
+    for ctype in ("audio/wave", "audio/x-flac", "audio/mpeg", "audio/ogg", "audio/x-audio"):
+        r = post(predict_srv, b"RIFF0000WAVE", content_type=ctype)
+        assert r.json() == {"audio_bytes": 12}
+
+
+def test_the_default_pipeline_makes_one_image_whatever_is_asked(default_srv):
+    body = {"inputs": "a fox", "parameters": {"num_inference_steps": 2, "num_images_per_prompt": 3}}
+    r = post(default_srv, body)
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json(), str)  # one image, as a base64 string
+
+
 def test_impastos_own_predict_route_runs_the_handlers_too(predict_srv):
     r = predict_srv.client.post(
         "/predict", json={"inputs": "a fox"}, headers={"Accept": "image/png"}
