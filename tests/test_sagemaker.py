@@ -25,10 +25,9 @@ from impasto import build_app, load_package
 from impasto.diffusers import build_tiny_sd
 from impasto.errors import PackageError
 from sagemaker_folders import BOTH, CONTEXT_FNS, GATED, PREDICT_FN, TRANSFORM_FN, code_folder
+from sagemaker_http import PROMPT, image, png, post, runtime, toolkit_error
 
 pytestmark = pytest.mark.timeout(600)
-
-PROMPT = {"inputs": "a fox", "parameters": {"num_inference_steps": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -78,48 +77,6 @@ def transform_srv(weights, tmp_path_factory, serve_module):
 def context_srv(weights, tmp_path_factory, serve_module):
     root = tmp_path_factory.mktemp("context") / "model"
     return serve_module(code_folder(root, CONTEXT_FNS, weights=weights))
-
-
-def runtime(server: ThreadServer):
-    """boto3's sagemaker-runtime client pointed at the local server (dummy credentials)."""
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=server.url,
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-        config=Config(retries={"max_attempts": 1}, read_timeout=120),
-    )
-
-
-def png(size=(64, 64), mode="RGB", color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, color if mode == "RGB" else (*color, 128)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def image(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
-
-
-def post(server: ThreadServer, body, *, content_type="application/json", **headers):
-    content = json.dumps(body).encode() if isinstance(body, dict) else body
-    return server.client.post(
-        "/invocations", content=content, headers={"Content-Type": content_type, **headers}
-    )
-
-
-def toolkit_error(r: httpx.Response, status: int) -> str:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/json"
-    body = r.json()
-    assert body["code"] == status
-    assert r.text.startswith('{\n  "code"')  # indented as the model server writes it
-    if status == 400:
-        assert body["type"] == "InternalServerException"
-    return body["message"]
 
 
 # -- the default handler (no code/: a diffusers folder) -------------------------------------------
@@ -577,80 +534,3 @@ def test_missing_requirements_are_reported_at_load(tmp_path, caplog):
     assert "impasto-no-such-package==1.0" in warned[0]
     assert "pillow" not in warned[0].split("not installed in this environment: ")[1]
     assert "torch" not in warned[0].split("not installed in this environment: ")[1]
-
-
-# -- impasto's own packages on /ping and /invocations -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def zero_code_srv(weights, tmp_path_factory, serve_module):
-    folder = tmp_path_factory.mktemp("zero-code")
-    (folder / "config.yaml").write_text(
-        f"model_name: tiny\ndiffusers:\n  model: {weights}\n  default_steps: 2\n"
-    )
-    return serve_module(folder)
-
-
-def test_zero_code_package_answers_toolkit_bodies(zero_code_srv):
-    assert zero_code_srv.client.get("/ping").status_code == 200
-    body = {"inputs": "a fox", "parameters": {"num_inference_steps": 2, "seed": 1}}
-    r = post(zero_code_srv, body, Accept="image/png")
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "image/png"
-    assert image(r.content).size == (64, 64)
-    body["parameters"]["num_images_per_prompt"] = 2
-    r = post(zero_code_srv, body)
-    assert r.status_code == 200, r.text
-    assert r.json()["seeds"] == [1, 2]
-    assert len(r.json()["images"]) == 2
-
-
-def test_zero_code_package_custom_attributes_pick_the_endpoint(zero_code_srv):
-    image_b64 = base64.b64encode(png((64, 64))).decode()
-    body = {"inputs": "a fox", "parameters": {"image": image_b64, "strength": 0.5, "seed": 2}}
-    r = post(
-        zero_code_srv,
-        body,
-        Accept="image/jpeg",
-        **{"X-Amzn-SageMaker-Custom-Attributes": "endpoint=img2img"},
-    )
-    assert r.status_code == 200, r.text
-    assert image(r.content).format == "JPEG"
-    r = post(zero_code_srv, body, **{"X-Amzn-SageMaker-Custom-Attributes": "endpoint=nope"})
-    assert r.status_code == 404
-    assert "img2img" in r.json()["error"]["message"]
-
-
-def test_zero_code_package_bad_fields_are_422_naming_them(zero_code_srv):
-    r = post(zero_code_srv, {"inputs": "a fox", "parameters": {"num_inference_steps": 0}})
-    assert r.status_code == 422
-    assert r.json()["error"]["field"] == "num_inference_steps"
-    r = post(zero_code_srv, png(), content_type="image/png")
-    assert r.status_code == 400
-
-
-def test_zero_code_package_through_boto3(zero_code_srv):
-    r = runtime(zero_code_srv).invoke_endpoint(
-        EndpointName="tiny",
-        Body=b'{"inputs": "a fox", "parameters": {"seed": 5}}',
-        ContentType="application/json",
-        Accept="image/webp",
-    )
-    assert r["ContentType"] == "image/webp"
-    assert image(r["Body"].read()).format == "WEBP"
-
-
-def test_endpoint_class_package_maps_json_to_its_endpoints(tmp_path, serve_module):
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model.py").write_text(
-        "import impasto\n\n\nclass Model:\n"
-        "    @impasto.endpoint\n    def echo(self, text: str) -> dict:\n        return {'echo': text}\n\n"
-        "    @impasto.endpoint\n    def shout(self, text: str) -> dict:\n        return {'shout': text.upper()}\n"
-    )
-    server = serve_module(tmp_path)
-    assert server.client.get("/ping").status_code == 200
-    assert post(server, {"text": "hi"}).json() == {"echo": "hi"}
-    assert post(server, {"inputs": "hi"}).json() == {"echo": "hi"}
-    attrs = {"X-Amzn-SageMaker-Custom-Attributes": "trace=1;endpoint=shout"}
-    assert post(server, {"text": "hi"}, **attrs).json() == {"shout": "HI"}
-    assert post(server, {"txt": "hi"}).status_code == 422
