@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from client_venvs import client_venv
-from conftest import ProcessServer, ThreadServer
-from impasto import build_app, load_package
+from conftest import ProcessServer
+from impasto import load_package
 from impasto.errors import PackageError
 from impasto.octoai import SERVICE_CLASS_ENV
 from octoai_services import (
@@ -43,35 +43,11 @@ def sdk_python():
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    from impasto.diffusers import build_tiny_sd
-
-    return build_tiny_sd(tmp_path_factory.mktemp("weights") / "sd")
-
-
-@pytest.fixture(scope="module")
-def serve_module():
-    started: list[ThreadServer] = []
-
-    def start(folder, ready: bool = True) -> ThreadServer:
-        server = ThreadServer(build_app(folder)).start()
-        server.client.timeout = 300
-        started.append(server)
-        if ready:
-            server.wait_ready(120)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def diffusion(weights, tmp_path_factory):
+def diffusion(tiny_sd, tmp_path_factory):
     """The seed-shaped service under `impasto serve`, as a user runs it."""
     root = tmp_path_factory.mktemp("diffusion")
     log = root / "calls.log"
-    folder = service_folder(root / "service", DIFFUSION, weights=str(weights), log=str(log))
+    folder = service_folder(root / "service", DIFFUSION, weights=str(tiny_sd), log=str(log))
     (folder / "octoai.yaml").write_text(
         "endpoint_config:\n  name: diffusion-octo\n  registry: {host: me, path: diffusion-octo, tag: latest}\n"
     )

@@ -20,9 +20,8 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from conftest import ThreadServer, free_port
-from impasto import build_app, load_package
-from impasto.diffusers import build_tiny_sd
+from conftest import free_port
+from impasto import load_package
 from impasto.errors import PackageError
 from sagemaker_folders import BOTH, CONTEXT_FNS, GATED, PREDICT_FN, TRANSFORM_FN, code_folder
 from sagemaker_http import PROMPT, image, png, post, runtime, toolkit_error
@@ -31,52 +30,30 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("weights") / "sd")
-
-
-@pytest.fixture(scope="module")
-def serve_module():
-    started: list[ThreadServer] = []
-
-    def start(folder, ready: bool = True) -> ThreadServer:
-        server = ThreadServer(build_app(folder)).start()
-        server.client.timeout = 300
-        started.append(server)
-        if ready:
-            server.wait_ready(120)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def default_srv(weights, tmp_path_factory, serve_module):
+def default_srv(tiny_sd, tmp_path_factory, serve_module):
     import shutil
 
     folder = tmp_path_factory.mktemp("default") / "model"
-    shutil.copytree(weights, folder)  # save_pretrained output only: the default handler
+    shutil.copytree(tiny_sd, folder)  # save_pretrained output only: the default handler
     return serve_module(folder)
 
 
 @pytest.fixture(scope="module")
-def predict_srv(weights, tmp_path_factory, serve_module):
-    folder = code_folder(tmp_path_factory.mktemp("predict") / "model", PREDICT_FN, weights=weights)
+def predict_srv(tiny_sd, tmp_path_factory, serve_module):
+    folder = code_folder(tmp_path_factory.mktemp("predict") / "model", PREDICT_FN, weights=tiny_sd)
     return serve_module(folder)
 
 
 @pytest.fixture(scope="module")
-def transform_srv(weights, tmp_path_factory, serve_module):
+def transform_srv(tiny_sd, tmp_path_factory, serve_module):
     root = tmp_path_factory.mktemp("transform") / "model"
-    return serve_module(code_folder(root, TRANSFORM_FN, weights=weights))
+    return serve_module(code_folder(root, TRANSFORM_FN, weights=tiny_sd))
 
 
 @pytest.fixture(scope="module")
-def context_srv(weights, tmp_path_factory, serve_module):
+def context_srv(tiny_sd, tmp_path_factory, serve_module):
     root = tmp_path_factory.mktemp("context") / "model"
-    return serve_module(code_folder(root, CONTEXT_FNS, weights=weights))
+    return serve_module(code_folder(root, CONTEXT_FNS, weights=tiny_sd))
 
 
 # -- the default handler (no code/: a diffusers folder) -------------------------------------------
@@ -395,6 +372,16 @@ def test_unsigned_boto3_works_too(default_srv):
 # -- health, overload and deadlines ---------------------------------------------------------------
 
 
+def blocked_request(server, folder) -> tuple[dict, threading.Thread]:
+    """A request the GATED handler holds until ``release`` exists, once it is running."""
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(r=post(server, {"inputs": "block"})))
+    worker.start()
+    while not (folder / "started").exists() and worker.is_alive():
+        worker.join(0.01)
+    return result, worker
+
+
 def test_ping_is_503_while_loading_and_fast_while_a_request_runs(tmp_path, serve_module):
     folder = code_folder(tmp_path / "model", GATED)
     server = serve_module(folder, ready=False)
@@ -406,12 +393,8 @@ def test_ping_is_503_while_loading_and_fast_while_a_request_runs(tmp_path, serve
     server.wait_ready(60)
     assert server.client.get("/ping").status_code == 200
 
-    result = {}
-    worker = threading.Thread(target=lambda: result.update(r=post(server, {"inputs": "block"})))
-    worker.start()
+    result, worker = blocked_request(server, folder)
     try:
-        while not (folder / "started").exists():
-            worker.join(0.01)
         with httpx.Client(base_url=server.url, timeout=2.0) as quick:  # SageMaker's ping timeout
             assert quick.get("/ping").status_code == 200
     finally:
@@ -426,12 +409,8 @@ def test_overload_is_429_and_a_deadline_504_in_the_toolkit_shape(tmp_path, serve
     folder = code_folder(tmp_path / "model", GATED, config=config)
     (folder / "load.open").write_text("1")
     server = serve_module(folder)
-    result = {}
-    worker = threading.Thread(target=lambda: result.update(r=post(server, {"inputs": "block"})))
-    worker.start()
+    result, worker = blocked_request(server, folder)
     try:
-        while not (folder / "started").exists():
-            worker.join(0.01)
         assert "too many requests" in toolkit_error(post(server, {"inputs": "more"}), 429)
         worker.join(30)
     finally:
@@ -439,9 +418,9 @@ def test_overload_is_429_and_a_deadline_504_in_the_toolkit_shape(tmp_path, serve
     assert "deadline" in toolkit_error(result["r"], 504)
 
 
-def test_a_deadline_stops_the_default_pipeline_within_a_step(weights, tmp_path, serve_module):
+def test_a_deadline_stops_the_default_pipeline_within_a_step(tiny_sd, tmp_path, serve_module):
     folder = code_folder(
-        tmp_path / "model", "# every handler is the default\n", weights=weights,
+        tmp_path / "model", "# every handler is the default\n", weights=tiny_sd,
         config="runtime:\n  predict_timeout_s: 2.0\n",
     )  # fmt: skip
     server = serve_module(folder)
@@ -458,14 +437,14 @@ def test_a_deadline_stops_the_default_pipeline_within_a_step(weights, tmp_path, 
 # -- HF_MODEL_ID, SAGEMAKER_BIND_TO_PORT, argv `serve`, requirements ------------------------------
 
 
-def test_hf_model_id_loads_through_the_model_store(weights, tmp_path, monkeypatch, serve_module):
+def test_hf_model_id_loads_through_the_model_store(tiny_sd, tmp_path, monkeypatch, serve_module):
     from impasto.sagemaker import hub_store_ref
     from impasto.store import ModelStore
 
     monkeypatch.setenv("IMPASTO_HOME", str(tmp_path / "home"))
     ref = hub_store_ref("Tiny-Org/tiny-sd", None)
     assert ref == "hf--tiny-org--tiny-sd:main"
-    ModelStore().import_folder(ref, weights)  # what the first start downloads
+    ModelStore().import_folder(ref, tiny_sd)  # what the first start downloads
     monkeypatch.setenv("HF_MODEL_ID", "Tiny-Org/tiny-sd")
     empty = tmp_path / "empty"
     empty.mkdir()

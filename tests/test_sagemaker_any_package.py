@@ -8,40 +8,16 @@ import base64
 
 import pytest
 
-from conftest import ThreadServer
-from impasto import build_app
-from impasto.diffusers import build_tiny_sd
 from sagemaker_http import image, png, post, runtime
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("weights") / "sd")
-
-
-@pytest.fixture(scope="module")
-def serve_module():
-    started: list[ThreadServer] = []
-
-    def start(folder) -> ThreadServer:
-        server = ThreadServer(build_app(folder)).start()
-        server.client.timeout = 300
-        started.append(server)
-        server.wait_ready(120)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def zero_code_srv(weights, tmp_path_factory, serve_module):
+def zero_code_srv(tiny_sd, tmp_path_factory, serve_module):
     folder = tmp_path_factory.mktemp("zero-code")
     (folder / "config.yaml").write_text(
-        f"model_name: tiny\ndiffusers:\n  model: {weights}\n  default_steps: 2\n"
+        f"model_name: tiny\ndiffusers:\n  model: {tiny_sd}\n  default_steps: 2\n"
     )
     return serve_module(folder)
 

@@ -30,7 +30,7 @@ from ...prediction import Prediction
 from ..callpath import CallPath, Inbound, Target
 from ..dialects import Claim
 from ..registry import Models
-from ..responses import encoded_chunk, fast_dumps
+from ..responses import fast_dumps, raw_stream
 
 OCTOAI = frozenset({"octoai"})
 REPLICA_ENV = "OCTOAI_REPLICA_NAME"
@@ -108,13 +108,7 @@ class OctoAIAdapter:
         return _json(body, headers={"octoai_replica_name": os.environ.get(REPLICA_ENV, "")})
 
     def write_stream(self, request: Request, p: Prediction, chunks: AsyncIterator[Any]) -> Response:
-        media = self.models.get(p.model).config.media
-
-        async def raw() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                yield await encoded_chunk(chunk, media)
-
-        return StreamingResponse(raw(), media_type="application/octet-stream")
+        return raw_stream(chunks, self.models.get(p.model).config.media)
 
     def write_events(
         self, request: Request, p: Prediction, events: AsyncIterator[Event]

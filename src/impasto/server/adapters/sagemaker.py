@@ -43,7 +43,7 @@ from ..dialects import Claim
 from ..errors import error_response
 from ..registry import Models
 from ..requests import header, media_type
-from ..responses import encoded_chunk, gathered, render
+from ..responses import gathered, raw_stream, render
 
 SAGEMAKER = frozenset({"sagemaker"})
 API_MAX_BODY = 6 * 1024 * 1024  # InvokeEndpoint's own limit on Body, enforced by the API
@@ -57,12 +57,43 @@ _TYPES = {
 _ALIASES = {"num_images_per_prompt": "num_images"}  # diffusers' name -> impasto's field
 
 
-class SageMakerAdapter:
-    """The toolkit's ``/invocations`` for SageMaker folders; ``/ping``; the API alias."""
+class _Writers:
+    """What both dialects write alike: a result, a stream of chunks (no reader here asks
+    for one from a streaming endpoint, which is gathered) and events (never asked for)."""
 
     def __init__(self, callpath: CallPath) -> None:
         self.callpath = callpath
         self.models: Models = callpath.models
+
+    async def write_result(self, request: Request, p: Prediction, result: Any) -> Response:
+        if isinstance(result, Reply):
+            return result
+        media = self.models.get(p.model).config.media
+        if isinstance(result, Gathered):
+            result = await asyncio.to_thread(gathered, result, media)
+        return await render(result, p.ctx.output, media, p.ctx.timings)
+
+    def write_stream(self, request: Request, p: Prediction, chunks: AsyncIterator[Any]) -> Response:
+        return raw_stream(chunks, self.models.get(p.model).config.media)
+
+    def write_events(
+        self, request: Request, p: Prediction, events: AsyncIterator[Event]
+    ) -> Response:
+        media = self.models.get(p.model).config.media
+
+        async def result() -> AsyncIterator[bytes]:
+            async for event in events:
+                if event.kind == "output":
+                    yield bytes((await render(event.data["output"], p.ctx.output, media)).body)
+
+        return StreamingResponse(result(), media_type=p.ctx.output.accept or "application/json")
+
+
+class SageMakerAdapter(_Writers):
+    """The toolkit's ``/invocations`` for SageMaker folders; ``/ping``; the API alias."""
+
+    def __init__(self, callpath: CallPath) -> None:
+        super().__init__(callpath)
         self.generic = InvocationsAdapter(callpath)
 
     def routes(self) -> list[Route]:
@@ -109,20 +140,6 @@ class SageMakerAdapter:
         invocation = Invocation(body, header(request, b"content-type"), accept, headers)
         return Inbound(invocation, OutputPrefs(accept=accept), size=len(body))
 
-    async def write_result(self, request: Request, p: Prediction, result: Any) -> Response:
-        if isinstance(result, Reply):
-            return result
-        media = self.models.get(p.model).config.media
-        return await render(result, p.ctx.output, media, p.ctx.timings)
-
-    def write_stream(self, request: Request, p: Prediction, chunks: AsyncIterator[Any]) -> Response:
-        return _raw_stream(self.models, p, chunks)
-
-    def write_events(
-        self, request: Request, p: Prediction, events: AsyncIterator[Event]
-    ) -> Response:
-        return _final_event(self.models, p, events, toolkit=True)
-
     def write_error(self, request: Request, error: ImpastoError) -> Response:
         return toolkit_error(error.status, error.message, error.headers)
 
@@ -134,12 +151,8 @@ def toolkit_error(status: int, message: str, headers: dict[str, str] | None = No
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-class InvocationsAdapter:
+class InvocationsAdapter(_Writers):
     """``/invocations`` for impasto's own packages: JSON onto their endpoints."""
-
-    def __init__(self, callpath: CallPath) -> None:
-        self.callpath = callpath
-        self.models: Models = callpath.models
 
     async def invocations(self, request: Request) -> Response:
         endpoint = custom_attributes(header(request, b"x-amzn-sagemaker-custom-attributes")).get(
@@ -161,20 +174,6 @@ class InvocationsAdapter:
         accept = header(request, b"accept")
         prefs = OutputPrefs(accept=None if codec.accept_type(accept) == codec.JSON else accept)
         return Inbound(payload, prefs, gather=target.endpoint.streams, size=len(body))
-
-    async def write_result(self, request: Request, p: Prediction, result: Any) -> Response:
-        media = self.models.get(p.model).config.media
-        if isinstance(result, Gathered):
-            result = await asyncio.to_thread(gathered, result, media)
-        return await render(result, p.ctx.output, media, p.ctx.timings)
-
-    def write_stream(self, request: Request, p: Prediction, chunks: AsyncIterator[Any]) -> Response:
-        return _raw_stream(self.models, p, chunks)
-
-    def write_events(
-        self, request: Request, p: Prediction, events: AsyncIterator[Event]
-    ) -> Response:
-        return _final_event(self.models, p, events, toolkit=False)
 
     def write_error(self, request: Request, error: ImpastoError) -> Response:
         return error_response(error)
@@ -212,35 +211,6 @@ def from_toolkit(payload: Any, model: type[BaseModel] | None) -> Any:
         out[alias if alias in fields and key not in fields else key] = value
     out[primary] = payload["inputs"]
     return out
-
-
-def _raw_stream(models: Models, p: Prediction, chunks: AsyncIterator[Any]) -> Response:
-    media = models.get(p.model).config.media
-
-    async def raw() -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            yield await encoded_chunk(chunk, media)
-
-    return StreamingResponse(raw(), media_type="application/octet-stream")
-
-
-def _final_event(
-    models: Models, p: Prediction, events: AsyncIterator[Event], *, toolkit: bool
-) -> Response:
-    """Not asked for by SageMaker clients (no reader here sets ``events``): kept so the
-    adapter is complete; answers the prediction's result once it is done."""
-
-    async def result() -> AsyncIterator[bytes]:
-        async for event in events:
-            if event.kind == "output":
-                output = event.data["output"]
-                if isinstance(output, Response):
-                    yield bytes(output.body)
-                else:
-                    media = models.get(p.model).config.media
-                    yield bytes((await render(output, p.ctx.output, media)).body)
-
-    return StreamingResponse(result(), media_type=p.ctx.output.accept or "application/json")
 
 
 class ApiAlias:
