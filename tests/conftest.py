@@ -159,6 +159,35 @@ def serve_thread() -> Iterator:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def serve_module() -> Iterator:
+    """Like serve_thread, for servers a whole test module shares (generous timeouts: the
+    tiny pipelines run on a shared CPU)."""
+    from impasto import build_app
+
+    started: list[ThreadServer] = []
+
+    def start(package, ready: bool = True) -> ThreadServer:
+        server = ThreadServer(build_app(package)).start()
+        server.client.timeout = 300
+        started.append(server)
+        if ready:
+            server.wait_ready(120)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny random-weight Stable Diffusion pipeline saved with save_pretrained."""
+    from impasto.diffusers import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
+
+
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator:
     """Start `impasto serve` subprocesses; stopped after the test."""

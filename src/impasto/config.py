@@ -63,6 +63,12 @@ class Runtime(_Section):
     wait_for_load: bool = Field(
         False, description="Hold predict requests while loading instead of answering 503."
     )
+    load_wait_s: float | None = Field(
+        300,
+        gt=0,
+        description="With wait_for_load, how long a request waits for the model to load "
+        "before 503 (None: until its own deadline).",
+    )
     streaming_read_timeout: float = Field(60, gt=0, description="Longest gap between chunks.")
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
     max_json_depth: int = Field(

@@ -63,6 +63,7 @@ class InputError(ImpastoError):
     status = 422
     exit_code = 2
     type = "invalid_input"
+    details: list[dict[str, Any]] | None = None  # pydantic's errors, when validation failed
 
 
 class MalformedInput(InputError):
@@ -152,7 +153,9 @@ def pydantic_errors(exc: Any, prefix: str = "", model: Any = None) -> InputError
         where = ".".join(str(p) for p in err.get("loc", ())) or "input"
         limit = _limit_key(model, err) if err.get("type") in _BOUNDS else None
         parts.append(f"{where}: {err.get('msg')}" + (f" ({limit})" if limit else ""))
-    return InputError("; ".join(parts) or str(exc), field=loc or None)
+    error = InputError("; ".join(parts) or str(exc), field=loc or None)
+    error.details = errors  # every error, for protocols whose bodies list them all
+    return error
 
 
 def _limit_key(model: Any, err: dict[str, Any]) -> str | None:

@@ -178,7 +178,15 @@ class Runner:
     async def _wait_loaded(self, p: Prediction) -> None:
         """Hold a prediction until the model is loaded (``runtime.wait_for_load``)."""
         p.ctx.stage = "while the model was loading"
-        await self._done.wait()  # the deadline aborts this wait: 504
+        limit = self.config.runtime.load_wait_s
+        try:  # the deadline aborts this wait: 504
+            await asyncio.wait_for(self._done.wait(), limit)
+        except asyncio.TimeoutError:
+            raise NotReady(
+                f"the model is still loading after {limit} s (runtime.load_wait_s); retry "
+                "when it is ready",
+                headers={"Retry-After": "1"},
+            ) from None
         if self.state == "failed":
             raise self._load_failed()
 

@@ -12,6 +12,7 @@ from .init import init
 from .output import DEBUG
 from .predict import predict
 from .serve import serve
+from .setup import setup
 from .ui import ui
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ def _root(
 
 app.command("init")(init)
 app.command("serve")(serve)
+app.command("setup")(setup)
 app.command("predict")(predict)
 app.command("ui")(ui)
 app.add_typer(models.app, name="models", help="The local model store.")

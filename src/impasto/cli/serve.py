@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from ..errors import AddressInUse, ImpastoError
 from ..package import load_package
 from ..serving import build_app
+from .folders import choose_service_class, install_requirements, package_path
 from .output import LogLevel, configure_logging, err_console, handle_errors
 
 PACKAGE_ENV = "IMPASTO_PACKAGE"
@@ -147,9 +148,13 @@ def _ready_line(app: Starlette, url: str, started: float) -> None:
 
 @handle_errors
 def serve(
-    path: Path = typer.Argument(Path("."), help="The package folder."),
+    path: Path | None = typer.Argument(
+        None, help="The package folder (default: ., else SageMaker's /opt/ml/model)."
+    ),
     host: str = typer.Option("127.0.0.1", envvar="IMPASTO_HOST", help="Interface to bind."),
-    port: int = typer.Option(8080, envvar="IMPASTO_PORT", help="Port to listen on."),
+    port: int = typer.Option(
+        8080, envvar=["IMPASTO_PORT", "SAGEMAKER_BIND_TO_PORT"], help="Port to listen on."
+    ),
     reload: bool = typer.Option(False, "--reload", help="Restart when package files change."),
     stay_up: bool = typer.Option(
         False, "--stay-up", help="Keep serving (readiness 503) if load() fails."
@@ -165,6 +170,12 @@ def serve(
         envvar="IMPASTO_LOG_LEVEL",
         case_sensitive=False,
         help="How much to log.",
+    ),
+    install: bool = typer.Option(
+        False, "--install-requirements", help="pip install the package's requirements first."
+    ),
+    service_class: str | None = typer.Option(
+        None, "--service-class", help="The Service class of an OctoAI-style service.py."
     ),
     access_log: bool = typer.Option(
         True,
@@ -189,6 +200,10 @@ def serve(
         os.environ["IMPASTO_ENVIRONMENT"] = environment
     if secrets_dir:
         os.environ["IMPASTO_SECRETS_DIR"] = str(secrets_dir)
+    path = package_path(path)
+    choose_service_class(service_class)
+    if install:
+        install_requirements(path)
     if reload:
         from ..config import load_config
         from ..ui import ui_enabled

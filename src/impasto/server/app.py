@@ -86,6 +86,8 @@ def create_app(
     async def openapi(request: Request) -> Response:
         if not openapi_body:  # built once, on first use
             doc = build_openapi(registry, title, __version__)
+            for adapter in adapters:  # each may describe its own routes
+                getattr(adapter, "extend_openapi", lambda doc: None)(doc)
             openapi_body.append(FastJSONResponse(doc).body)
         return Response(openapi_body[0], media_type="application/json")
 

@@ -236,6 +236,16 @@ async def encoded_chunk(chunk: Any, media: MediaConfig) -> bytes:
     return await anyio.to_thread.run_sync(chunk_bytes, chunk, media)
 
 
+def raw_stream(chunks: Any, media: MediaConfig) -> StreamingResponse:
+    """A streaming endpoint's chunks as raw bytes (text as is, anything else a JSON line)."""
+
+    async def raw() -> Any:
+        async for chunk in chunks:
+            yield await encoded_chunk(chunk, media)
+
+    return StreamingResponse(raw(), media_type="application/octet-stream")
+
+
 def sse_data(data: bytes) -> bytes:
     """One SSE message carrying ``data`` (split into ``data:`` lines)."""
     text = data.decode().rstrip("\n")

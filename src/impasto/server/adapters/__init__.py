@@ -13,11 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .native import NativeAdapter
+from .octoai import OctoAIAdapter
+from .sagemaker import SageMakerAdapter
 
 
 def protocol_adapters() -> list[Callable[[Any], Any]]:
     """The protocol adapters every server serves, after impasto's own."""
-    return []
+    return [SageMakerAdapter, OctoAIAdapter]
 
 
 __all__ = ["NativeAdapter", "protocol_adapters"]
