@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -25,6 +32,15 @@ class ConfigWarning(UserWarning):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_unset(cls, data: Any) -> Any:
+        """A key written with a ``null`` value means "not set" (tools write every optional
+        key that way): it takes its default."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?([KMGTPE]i?|[kmgtpe])?$")
@@ -236,6 +252,9 @@ class PackageConfig(_Section):
     build_commands: list[str] = Field(default_factory=list)
     live_reload: bool | None = None
     trt_llm: dict[str, Any] | None = None
+    model_framework: str | None = None
+    model_type: str | None = None
+    input_type: str | None = None
     examples_filename: str = "examples.yaml"
     # impasto's own sections
     batching: Batching = Field(default_factory=Batching)
@@ -268,14 +287,28 @@ class PackageConfig(_Section):
         return str(value) if isinstance(value, float) else value
 
     def unknown_keys(self) -> list[str]:
-        """Keys present in the file that no section of impasto knows, with their dotted path."""
-        found = [str(k) for k in (self.model_extra or {})]
-        for name in ("resources", "runtime", "batching", "media"):
-            section = getattr(self, name)
-            found += [f"{name}.{k}" for k in (section.model_extra or {})]
+        """Keys present in the file that no section of impasto knows, with their dotted path
+        (those left empty, such as ``weights: []`` or ``oidc: {enabled: null}``, ask for
+        nothing and are not listed)."""
+        sections = [("", self), *((f"{n}.", getattr(self, n)) for n in _SECTIONS)]
         if self.diffusers is not None:
-            found += [f"diffusers.{k}" for k in (self.diffusers.model_extra or {})]
-        return sorted(found)
+            sections.append(("diffusers.", self.diffusers))
+        return sorted(
+            f"{prefix}{key}"
+            for prefix, section in sections
+            for key, value in (section.model_extra or {}).items()
+            if not _empty(value)
+        )
+
+
+_SECTIONS = ("resources", "runtime", "batching", "media")
+
+
+def _empty(value: Any) -> bool:
+    """None, false, an empty string or collection, or a mapping of only such values."""
+    if isinstance(value, dict):
+        return all(_empty(v) for v in value.values())
+    return value is None or value is False or (isinstance(value, str | list) and not value)
 
 
 def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") -> PackageConfig:

@@ -15,6 +15,8 @@
     ├── PredictTimeout               504  exit 8   the request ran past its deadline
     ├── Canceled                     499  exit 9   the client went away or canceled
     ├── ModelError                   500  exit 10  user code raised
+    │   ├── ModelHTTPError           any  exit 10  user code raised an HTTPException(status, detail)
+    │   └── ModelDefinitionError     412  exit 10  the model's methods cannot serve this call
     └── StoreError                   400  exit 11  the model store refused an operation
 
 Every class knows its ``status``, ``exit_code`` and a short ``type`` used in error bodies:
@@ -60,6 +62,10 @@ class InputError(ImpastoError):
     status = 422
     exit_code = 2
     type = "invalid_input"
+
+    # pydantic's own error list (``loc``, ``msg``, ``type``) when validation failed, for
+    # adapters that report validation errors in another protocol's words
+    details: list[dict[str, Any]] | None = None
 
 
 class MalformedInput(InputError):
@@ -111,6 +117,25 @@ class ModelError(ImpastoError):
     type = "model_error"
 
 
+class ModelHTTPError(ModelError):
+    """The model raised starlette's (or FastAPI's) ``HTTPException``: its status and detail
+    are the answer, as the model meant them."""
+
+    type = "http_error"
+
+    def __init__(self, status: int, detail: Any, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail if isinstance(detail, str) else str(detail), headers=headers)
+        self.status = status  # type: ignore[misc]
+        self.detail = detail
+
+
+class ModelDefinitionError(ModelError):
+    """The model's methods cannot serve this call (a streaming predict with a postprocess)."""
+
+    status = 412
+    type = "model_definition_error"
+
+
 class StoreError(ImpastoError):
     status = 400
     exit_code = 11
@@ -126,4 +151,8 @@ def pydantic_errors(exc: Any, prefix: str = "") -> InputError:
     for err in errors[:5]:
         where = ".".join(str(p) for p in err.get("loc", ())) or "input"
         parts.append(f"{where}: {err.get('msg')}")
-    return InputError("; ".join(parts) or str(exc), field=loc or None)
+    error = InputError("; ".join(parts) or str(exc), field=loc or None)
+    error.details = [
+        {"loc": tuple(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors
+    ]
+    return error
