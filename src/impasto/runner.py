@@ -213,7 +213,7 @@ class Runner:
         try:
             return self.spec.endpoints[name]
         except KeyError:
-            known = ", ".join(self.spec.endpoints)
+            known = ", ".join(self.spec.endpoints) or "none (it serves a websocket)"
             raise NotFound(f"no endpoint named {name!r}; this model serves: {known}") from None
 
     # admission ----------------------------------------------------------------------------
@@ -310,11 +310,16 @@ class Runner:
             p.input = payload
             return payload
         if not isinstance(payload, dict):
-            raise InputError(
+            error = InputError(
                 f"expected a JSON object with the fields of {model.__name__}, "
                 f"got {type(payload).__name__}",
                 field="body",
             )
+            try:  # pydantic's own words too, for adapters that report them
+                model.model_validate(payload)
+            except ValidationError as exc:
+                error.details = pydantic_errors(exc).details
+            raise error
         media = self.config.media
         context = {"media": media, "budget": DecodeBudget(media) if endpoint.has_media else None}
 
@@ -354,7 +359,7 @@ class Runner:
                 value = await self._invoke(endpoint.preprocess, value, p.ctx)
             if endpoint.streams:
                 if endpoint.postprocess:
-                    raise ModelDefinitionError(_STREAM_POSTPROCESS)
+                    raise self._definition_error(_STREAM_POSTPROCESS, p.ctx)
                 return await self._stream(endpoint, value, p)
             if not endpoint.slotted:  # beside the predictions, as pre/postprocess run
                 self._started(p)
@@ -365,14 +370,11 @@ class Runner:
                 value = await self._in_slot(endpoint.call, value, p)
             if is_stream(value):  # a generator returned (not yielded) streams too
                 if endpoint.postprocess:
-                    raise ModelDefinitionError(_STREAM_POSTPROCESS)
+                    raise self._definition_error(_STREAM_POSTPROCESS, p.ctx)
                 return await self._drain(value, p, slotted=endpoint.slotted)
             if endpoint.postprocess:
                 if isinstance(value, Response):
-                    raise ModelDefinitionError(
-                        "If the predict function returns a response object, you cannot use "
-                        "postprocessing."
-                    )
+                    raise self._definition_error(_RESPONSE_POSTPROCESS, p.ctx)
                 value = await self._invoke(endpoint.postprocess, value, p.ctx)
                 if is_stream(value):
                     return await self._drain(value, p, slotted=False)
@@ -388,6 +390,10 @@ class Runner:
         if endpoint.batch_call is None:
             return False
         return self.config.batching.enabled or endpoint.call is endpoint.batch_call
+
+    def _definition_error(self, message: str, ctx: RequestContext) -> ModelDefinitionError:
+        log.error("request %s: %s: ModelDefinitionError: %s", ctx.request_id, self.name, message)
+        return ModelDefinitionError(message)
 
     def model_error(self, exc: BaseException, ctx: RequestContext) -> ModelError:
         """A model's own exception as a 500, with the traceback in the log (never the body);
@@ -594,6 +600,11 @@ class Runner:
 _STREAM_POSTPROCESS = (
     "If the predict function returns a generator (streaming), you cannot use postprocessing. "
     "Include all processing in the predict method."
+)
+
+
+_RESPONSE_POSTPROCESS = (
+    "If the predict function returns a response object, you cannot use postprocessing."
 )
 
 

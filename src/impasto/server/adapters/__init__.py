@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .native import NativeAdapter
+from .truss import TrussAdapter
 
 
 def protocol_adapters() -> list[Callable[[Any], Any]]:
     """The protocol adapters every server serves, after impasto's own."""
-    return []
+    return [TrussAdapter]
 
 
-__all__ = ["NativeAdapter", "protocol_adapters"]
+__all__ = ["NativeAdapter", "TrussAdapter", "protocol_adapters"]
