@@ -45,6 +45,7 @@ from ...spec import EndpointSpec
 from ..callpath import CallPath, Gathered, Inbound, Target
 from ..dialects import Claim
 from ..middleware import _VALID_ID
+from ..openapi import schema_of
 from ..registry import Models
 from ..requests import header, read_body
 from ..responses import ClosingStream, _small_plain, encoded_chunk
@@ -124,7 +125,7 @@ class TrussAdapter:
     async def _schema(self, request: Request) -> Response:
         runner = self.models.get(request.path_params.get("model_name"))
         if runner.name not in self._schemas:
-            self._schemas[runner.name] = wire.schema(runner.spec.cls)
+            self._schemas[runner.name] = _schema(runner)
         doc = self._schemas[runner.name]
         if doc is not None:
             return JSONResponse(doc)
@@ -285,6 +286,17 @@ class TrussAdapter:
             await _close(ws, WEBSOCKET_SERVER_ERROR, wire.MODEL_ERROR_MESSAGE)
             return
         await _close(ws, 1000, None)
+
+
+def _schema(runner: Runner) -> dict[str, Any] | None:
+    """Truss's reading of the model's annotations; a first stage taking impasto's input
+    fields (``count: int``, ``image: Image``, which Truss models never use) reports them."""
+    doc = wire.schema(runner.spec.cls)
+    endpoint = runner.spec.endpoints.get("predict")
+    if endpoint is not None and (endpoint.preprocess or endpoint.call).style == "fields":
+        doc = doc or {"input_schema": None, "output_schema": None, "supports_streaming": None}
+        doc["input_schema"] = schema_of(endpoint.input_model)
+    return doc
 
 
 def _typed_input(runner: Runner, endpoint: EndpointSpec | None = None) -> Any:
