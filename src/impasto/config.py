@@ -8,8 +8,9 @@ reported as warnings, never a crash.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +26,7 @@ from pydantic import (
 
 from .errors import ConfigError
 
-
-class ConfigWarning(UserWarning):
-    """A config.yaml key impasto does not know (kept, not used)."""
+log = logging.getLogger("impasto.config")
 
 
 class _Section(BaseModel):
@@ -290,18 +289,24 @@ class PackageConfig(_Section):
         """Keys present in the file that no section of impasto knows, with their dotted path
         (those left empty, such as ``weights: []`` or ``oidc: {enabled: null}``, ask for
         nothing and are not listed)."""
-        sections = [("", self), *((f"{n}.", getattr(self, n)) for n in _SECTIONS)]
+        return sorted(key for key, _ in self.typos())
+
+    def typos(self) -> list[tuple[str, str | None]]:
+        """Each unknown key (dotted path) with the closest key its section knows, if any."""
+        sections: list[tuple[str, BaseModel]] = [("", self)]
+        sections += [(f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching")]
+        sections.append(("media.", self.media))
         if self.diffusers is not None:
             sections.append(("diffusers.", self.diffusers))
-        return sorted(
-            f"{prefix}{key}"
-            for prefix, section in sections
-            for key, value in (section.model_extra or {}).items()
-            if not _empty(value)
-        )
-
-
-_SECTIONS = ("resources", "runtime", "batching", "media")
+        found = []
+        for prefix, section in sections:
+            known = list(type(section).model_fields)
+            for key, value in (section.model_extra or {}).items():
+                if _empty(value):
+                    continue
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+                found.append((f"{prefix}{key}", f"{prefix}{close[0]}" if close else None))
+        return sorted(found)
 
 
 def _empty(value: Any) -> bool:
@@ -325,11 +330,9 @@ def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") ->
         raise ConfigError(
             f"{source}: invalid value for `{key}`: {value!r} ({err['msg']})", field=key
         ) from None
-    unknown = config.unknown_keys()
-    if unknown:
-        warnings.warn(
-            f"{source}: unknown keys ignored: {', '.join(unknown)}", ConfigWarning, stacklevel=2
-        )
+    for key, close in config.typos():
+        hint = f" (did you mean `{close}`?)" if close else ""
+        log.warning("%s: unknown key `%s` ignored%s", source, key, hint)
     return config
 
 

@@ -115,7 +115,7 @@ class Runner:
         self._load_task: asyncio.Task | None = None
         self._listeners = [metrics.listener(name)] if metrics is not None else []
         if metrics is not None:
-            metrics.track_queue(name, lambda: self._queued)
+            metrics.track(name, lambda: self._queued, lambda: len(self._live))
 
     # loading ------------------------------------------------------------------------------
     def start(self) -> asyncio.Task:
@@ -151,8 +151,13 @@ class Runner:
                     f"load() did not finish within {timeout} s (runtime.load_timeout_s)"
                 )
             else:
-                self.load_error = self.redact(f"{type(exc).__name__}: {exc}")
-            if not isinstance(exc, asyncio.CancelledError):
+                text = (
+                    exc.message if isinstance(exc, ImpastoError) else f"{type(exc).__name__}: {exc}"
+                )
+                self.load_error = self.redact(text)
+            if isinstance(exc, ImpastoError):  # impasto's own, clear error: one line
+                log.error("model %s failed to load: %s", self.name, self.load_error)
+            elif not isinstance(exc, asyncio.CancelledError):
                 log.error(
                     "model %s failed to load: %s\n%s",
                     self.name,
@@ -327,7 +332,7 @@ class Runner:
             try:
                 return model.model_validate(payload, context=context)
             except ValidationError as exc:
-                raise pydantic_errors(exc) from None
+                raise pydantic_errors(exc, model=model) from None
 
         if endpoint.has_media:
             p.ctx.stage = "while waiting in the queue"
@@ -440,7 +445,8 @@ class Runner:
         # A thread cannot be stopped: it keeps its slot until it returns, whatever the
         # caller does, so predict_concurrency always bounds what runs.
         work.add_done_callback(self.release)
-        return await _awaited(work)
+        result = await _awaited(work)
+        return await result if inspect.isawaitable(result) else result
 
     async def _invoke(self, call: CallSpec, value: Any, ctx: Any) -> Any:
         """Run one user method outside a slot: awaited if async, else in a worker thread
@@ -567,6 +573,10 @@ class Runner:
             "running": self._busy,
             "batch_pending": {name: b.pending for name, b in self._batchers.items()},
         }
+
+    async def wait_idle(self) -> None:
+        """Until no prediction is in flight."""
+        await self._idle.wait()
 
     def stop_admitting(self) -> None:
         """From now on ``admit`` answers 503 ``shutting_down``; in-flight work goes on."""

@@ -33,6 +33,7 @@ def build_app(
     package: Package | str | Path | Sequence[Package | str | Path],
     *,
     on_load_failed: Callable[[], None] | None = None,
+    on_ready: Callable[[Starlette], None] | None = None,
 ) -> Starlette:
     """The ASGI app serving one package (a folder or a loaded :class:`Package`) or several
     (the first is the default model)."""
@@ -47,7 +48,7 @@ def build_app(
             text = redactor(text)
         return text
 
-    settings = ServerSettings(on_load_failed=on_load_failed, redact=redact)
+    settings = ServerSettings(on_load_failed=on_load_failed, on_ready=on_ready, redact=redact)
     app = create_app(Models(runners), settings)
     app.state.package = packages[0]
     app.state.packages = packages

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .. import __version__, logs
 from ..errors import ImpastoError
@@ -24,7 +25,7 @@ from .dialects import shared_routes
 from .errors import http_error, impasto_error, unhandled_error
 from .health import health_routes
 from .middleware import RequestIdMiddleware
-from .openapi import DOCS_HTML, build_openapi
+from .openapi import DOCS_HTML, build_openapi, docs_assets
 from .registry import Models
 from .responses import FastJSONResponse
 
@@ -37,6 +38,7 @@ class ServerSettings:
 
     model_name: str | None = None  # the title of the API docs (default: the default model)
     on_load_failed: Callable[[], None] | None = None
+    on_ready: Callable[[Starlette], None] | None = None  # once every model has loaded
     extra_routes: tuple[BaseRoute, ...] = ()
     # More protocols: each is called with the CallPath and gives ``routes()`` and optionally
     # ``claims()`` on shared paths (see docs/architecture.md); after impasto's own.
@@ -61,10 +63,16 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         undo = logs.install(settings.redact)
         callback = settings.on_load_failed
+
+        def loaded(runner: Runner) -> None:
+            if not runner.ready:
+                if callback is not None:
+                    callback()
+            elif settings.on_ready is not None and all(r.ready for r in registry):
+                settings.on_ready(app)
+
         for runner in registry:
-            task = runner.start()
-            if callback is not None:
-                task.add_done_callback(lambda _t, r=runner: None if r.ready else callback())
+            runner.start().add_done_callback(lambda _t, r=runner: loaded(r))
         try:
             yield
         finally:
@@ -102,6 +110,7 @@ def create_app(
         *health,
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
+        Mount("/docs/assets", StaticFiles(directory=docs_assets()), name="docs-assets"),
         Route("/metrics", metrics_route, methods=["GET"]),
         *(route for adapter in adapters for route in adapter.routes()),
         *settings.extra_routes,
