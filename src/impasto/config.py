@@ -251,9 +251,6 @@ class PackageConfig(_Section):
     build_commands: list[str] = Field(default_factory=list)
     live_reload: bool | None = None
     trt_llm: dict[str, Any] | None = None
-    model_framework: str | None = None
-    model_type: str | None = None
-    input_type: str | None = None
     examples_filename: str = "examples.yaml"
     # impasto's own sections
     batching: Batching = Field(default_factory=Batching)
@@ -287,8 +284,8 @@ class PackageConfig(_Section):
 
     def unknown_keys(self) -> list[str]:
         """Keys present in the file that no section of impasto knows, with their dotted path
-        (those left empty, such as ``weights: []`` or ``oidc: {enabled: null}``, ask for
-        nothing and are not listed)."""
+        (not those left empty, such as ``weights: []`` or ``oidc: {enabled: null}``, nor
+        Truss's platform keys at the values its tooling writes: they ask for nothing)."""
         return sorted(key for key, _ in self.typos())
 
     def typos(self) -> list[tuple[str, str | None]]:
@@ -302,18 +299,32 @@ class PackageConfig(_Section):
         for prefix, section in sections:
             known = list(type(section).model_fields)
             for key, value in (section.model_extra or {}).items():
-                if _empty(value):
+                if _empty(value) or _TRUSS_UNSET.get(f"{prefix}{key}", _NO) == value:
                     continue
                 close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
                 found.append((f"{prefix}{key}", f"{prefix}{close[0]}" if close else None))
         return sorted(found)
 
 
+# Keys Truss's tooling writes for its platform, at the values it writes when they are not
+# set: they ask for nothing, so they load without a warning (set otherwise, they are named).
+_TRUSS_UNSET: dict[str, Any] = {
+    "bdn": {"access": [], "hotload": {"enabled": False}, "mounts": []},
+    "use_local_src": False,
+    "input_type": "Any",
+    "model_framework": "custom",
+    "model_type": "Model",
+    "runtime.enable_debug_logs": False,
+    "runtime.remote_ssh": {"enabled": False},
+}
+_NO = object()
+
+
 def _empty(value: Any) -> bool:
-    """None, false, an empty string or collection, or a mapping of only such values."""
+    """None, an empty string or collection, or a mapping of only such values."""
     if isinstance(value, dict):
         return all(_empty(v) for v in value.values())
-    return value is None or value is False or (isinstance(value, str | list) and not value)
+    return value is None or (isinstance(value, str | list) and not value)
 
 
 def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") -> PackageConfig:
