@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -24,6 +31,15 @@ log = logging.getLogger("impasto.config")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_unset(cls, data: Any) -> Any:
+        """A key written with a ``null`` value means "not set" (tools write every optional
+        key that way): it takes its default."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?([KMGTPE]i?|[kmgtpe])?$")
@@ -289,7 +305,9 @@ class PackageConfig(_Section):
         return str(value) if isinstance(value, float) else value
 
     def unknown_keys(self) -> list[str]:
-        """Keys present in the file that no section of impasto knows, with their dotted path."""
+        """Keys present in the file that no section of impasto knows, with their dotted path
+        (not those left empty, such as ``weights: []`` or ``oidc: {enabled: null}``, nor
+        Truss's platform keys at the values its tooling writes: they ask for nothing)."""
         return sorted(key for key, _ in self.typos())
 
     def typos(self) -> list[tuple[str, str | None]]:
@@ -304,10 +322,33 @@ class PackageConfig(_Section):
         found = []
         for prefix, section in sections:
             known = list(type(section).model_fields)
-            for key in section.model_extra or {}:
+            for key, value in (section.model_extra or {}).items():
+                if _empty(value) or _TRUSS_UNSET.get(f"{prefix}{key}", _NO) == value:
+                    continue
                 close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
                 found.append((f"{prefix}{key}", f"{prefix}{close[0]}" if close else None))
         return sorted(found)
+
+
+# Keys Truss's tooling writes for its platform, at the values it writes when they are not
+# set: they ask for nothing, so they load without a warning (set otherwise, they are named).
+_TRUSS_UNSET: dict[str, Any] = {
+    "bdn": {"access": [], "hotload": {"enabled": False}, "mounts": []},
+    "use_local_src": False,
+    "input_type": "Any",
+    "model_framework": "custom",
+    "model_type": "Model",
+    "runtime.enable_debug_logs": False,
+    "runtime.remote_ssh": {"enabled": False},
+}
+_NO = object()
+
+
+def _empty(value: Any) -> bool:
+    """None, an empty string or collection, or a mapping of only such values."""
+    if isinstance(value, dict):
+        return all(_empty(v) for v in value.values())
+    return value is None or (isinstance(value, str | list) and not value)
 
 
 def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") -> PackageConfig:

@@ -75,6 +75,7 @@ class RequestContext:
         "created",
         "deadline",
         "output",
+        "request",
         "request_id",
         "stage",
         "timeout_s",
@@ -96,6 +97,9 @@ class RequestContext:
         self.timings: dict[str, float] = {}
         self.timeout_s: float | None = None  # the limit behind ``deadline``, for messages
         self.stage = ""  # where the request waits now, for a timeout's message
+        # the HTTP request this call came in by (a starlette Request), for model methods
+        # that ask for it; None in-process and for jobs
+        self.request: Any = None
         self._reason: str | None = None  # set once, by the first cancel
         self._sinks: list[EventSink] = [sink] if sink else []
 

@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from . import logs
 from .batching import BatchQueue
@@ -36,7 +38,9 @@ from .context import OutputPrefs, RequestContext
 from .errors import (
     ImpastoError,
     InputError,
+    ModelDefinitionError,
     ModelError,
+    ModelHTTPError,
     NotFound,
     NotReady,
     Overloaded,
@@ -69,6 +73,7 @@ class Runner:
         metrics: Any = None,
         redact: Callable[[str], str] = lambda text: text,
         scope: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        before_load: Callable[[Any], Any] | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
@@ -77,6 +82,7 @@ class Runner:
         self.metrics = metrics
         self.redact = redact
         self._factory = factory
+        self._before_load = before_load  # run on the built model before load()
         self._scope = scope or contextlib.nullcontext
         self._served = contextlib.ExitStack()  # the package's scope while this runner serves
         self.model: Any = None
@@ -129,6 +135,10 @@ class Runner:
         try:
             self._served.enter_context(self._scope())
             self.model = await self._thread(self._factory)
+            if self._before_load is not None:
+                prepared = await self._thread(lambda: self._before_load(self.model))
+                if inspect.isawaitable(prepared):
+                    await prepared
             if self.spec.has_load:
                 work = (
                     self.model.load() if self.spec.load_is_async else self._thread(self.model.load)
@@ -168,6 +178,24 @@ class Runner:
     def ready(self) -> bool:
         return self.state == "ready"
 
+    async def healthy(self) -> bool | None:
+        """The model's own ``is_healthy()`` once it is loaded (sync methods in a model thread;
+        raising counts as False and is logged), or None: no such method, not loaded, or the
+        method itself returned None."""
+        if not self.ready or "is_healthy" not in self.spec.hooks:
+            return None
+        try:
+            if self.spec.hooks["is_healthy"]:
+                result = await self.model.is_healthy()
+            else:
+                result = await self._thread(self.model.is_healthy)
+        except Exception:
+            log.exception("model %s: is_healthy() raised; counted as unhealthy", self.name)
+            return False
+        if result is not None and not result:
+            log.warning("model %s: health check failed", self.name)
+        return None if result is None else bool(result)
+
     async def wait_loaded(self) -> bool:
         await self._done.wait()
         return self.ready
@@ -198,7 +226,7 @@ class Runner:
         try:
             return self.spec.endpoints[name]
         except KeyError:
-            known = ", ".join(self.spec.endpoints)
+            known = ", ".join(self.spec.endpoints) or "none (it serves a websocket)"
             raise NotFound(f"no endpoint named {name!r}; this model serves: {known}") from None
 
     # admission ----------------------------------------------------------------------------
@@ -295,11 +323,16 @@ class Runner:
             p.input = payload
             return payload
         if not isinstance(payload, dict):
-            raise InputError(
+            error = InputError(
                 f"expected a JSON object with the fields of {model.__name__}, "
                 f"got {type(payload).__name__}",
                 field="body",
             )
+            try:  # pydantic's own words too, for adapters that report them
+                model.model_validate(payload)
+            except ValidationError as exc:
+                error.details = pydantic_errors(exc).details
+            raise error
         media = self.config.media
         context = {"media": media, "budget": DecodeBudget(media) if endpoint.has_media else None}
 
@@ -338,13 +371,26 @@ class Runner:
             if endpoint.preprocess:
                 value = await self._invoke(endpoint.preprocess, value, p.ctx)
             if endpoint.streams:
+                if endpoint.postprocess:
+                    raise self._definition_error(_STREAM_POSTPROCESS, p.ctx)
                 return await self._stream(endpoint, value, p)
-            if self._batches(endpoint):
+            if not endpoint.slotted:  # beside the predictions, as pre/postprocess run
+                self._started(p)
+                value = await self._invoke(endpoint.call, value, p.ctx)
+            elif self._batches(endpoint):
                 value = await self._batcher(endpoint).submit(value, p)
             else:
                 value = await self._in_slot(endpoint.call, value, p)
+            if is_stream(value):  # a generator returned (not yielded) streams too
+                if endpoint.postprocess:
+                    raise self._definition_error(_STREAM_POSTPROCESS, p.ctx)
+                return await self._drain(value, p, slotted=endpoint.slotted)
             if endpoint.postprocess:
+                if isinstance(value, Response):
+                    raise self._definition_error(_RESPONSE_POSTPROCESS, p.ctx)
                 value = await self._invoke(endpoint.postprocess, value, p.ctx)
+                if is_stream(value):
+                    return await self._drain(value, p, slotted=False)
             return value
         except (ImpastoError, asyncio.CancelledError):
             raise
@@ -358,8 +404,21 @@ class Runner:
             return False
         return self.config.batching.enabled or endpoint.call is endpoint.batch_call
 
+    def _definition_error(self, message: str, ctx: RequestContext) -> ModelDefinitionError:
+        log.error("request %s: %s: ModelDefinitionError: %s", ctx.request_id, self.name, message)
+        return ModelDefinitionError(message)
+
     def model_error(self, exc: BaseException, ctx: RequestContext) -> ModelError:
-        """A model's own exception as a 500, with the traceback in the log (never the body)."""
+        """A model's own exception as a 500, with the traceback in the log (never the body);
+        an ``HTTPException`` (starlette's or FastAPI's) the model raised is its own answer."""
+        if isinstance(exc, HTTPException):
+            log.warning(
+                "request %s: model raised HTTPException %s: %s",
+                ctx.request_id,
+                exc.status_code,
+                self.redact(str(exc.detail)),
+            )
+            return ModelHTTPError(exc.status_code, exc.detail, headers=exc.headers)
         message = self.redact(f"{type(exc).__name__}: {exc}")
         log.error(
             "request %s: model raised %s\n%s",
@@ -456,18 +515,29 @@ class Runner:
         """Take a slot, run the generator to its first chunk (an error or timeout before it
         is a status, not a broken stream) and hand back an async iterator that holds the slot
         until it ends or is closed; the prediction ends with it."""
-        await self.acquire(p)
+        if endpoint.slotted:
+            await self.acquire(p)
         self._started(p)
         try:
             gen = await self._invoke(endpoint.call, value, p.ctx)
         except BaseException:
-            self.release()
+            if endpoint.slotted:
+                self.release()
             raise
+        return await self._drain(gen, p, slotted=endpoint.slotted, acquired=True)
+
+    async def _drain(
+        self, gen: Any, p: Prediction, *, slotted: bool, acquired: bool = False
+    ) -> AsyncIterator[Any]:
+        """The chunks of a generator the model made, as an async iterator that owns a slot
+        (taken now unless ``acquired``; none when not ``slotted``) until the stream ends."""
+        if slotted and not acquired:
+            await self.acquire(p)
         return await drain(  # owns the slot from here, and frees it however the stream ends
             gen,
             p,
             submit=self._submit,
-            release=self.release,
+            release=self.release if slotted else _no_release,
             gap=self.config.runtime.streaming_read_timeout,
             model_error=self.model_error,
         )
@@ -497,7 +567,7 @@ class Runner:
             raise
         finally:
             p.bind(None)
-        if not self.spec.endpoints[p.endpoint].streams:
+        if not is_stream(result):
             p.succeed(result)
         return result
 
@@ -545,6 +615,26 @@ class Runner:
         self._served.close()
 
 
+_STREAM_POSTPROCESS = (
+    "If the predict function returns a generator (streaming), you cannot use postprocessing. "
+    "Include all processing in the predict method."
+)
+
+
+_RESPONSE_POSTPROCESS = (
+    "If the predict function returns a response object, you cannot use postprocessing."
+)
+
+
+def is_stream(value: Any) -> bool:
+    """Whether a model's output streams: a generator or an async generator."""
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+def _no_release() -> None:
+    """A stream that holds no model slot has none to free."""
+
+
 async def _awaited(future: asyncio.Future) -> Any:
     """Await thread work without canceling it when the waiter is canceled (a thread cannot
     be stopped; its outcome is retrieved so none is reported as lost)."""
@@ -581,4 +671,4 @@ def _deadline_hit(exc: BaseException) -> bool:
     return isinstance(exc.__cause__, asyncio.CancelledError)
 
 
-__all__ = ["PredictTimeout", "Runner", "aborts_as_errors"]
+__all__ = ["PredictTimeout", "Runner", "aborts_as_errors", "is_stream"]

@@ -25,6 +25,7 @@ def runner_for(package: Package, metrics: Metrics | None = None) -> Runner:
         metrics=metrics,
         redact=package.redactor,
         scope=package.scope,
+        before_load=package.before_load,
     )
 
 

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from ..context import Event, OutputPrefs
 from ..errors import ImpastoError
 from ..prediction import Prediction
-from ..runner import Runner
+from ..runner import Runner, is_stream
 from ..spec import EndpointSpec
 from ..streams import uncancel
 from .registry import Models
@@ -45,8 +45,8 @@ _NO_PREFS = OutputPrefs()
 class Inbound:
     """What an adapter read from one request: the payload; the client's output preferences;
     ``events`` to stream the prediction's events (progress, previews, the result) instead of
-    waiting for it; ``gather`` to collect a streaming endpoint's chunks into one result;
-    ``size``, the body's bytes (large bodies validate in the input pool)."""
+    waiting for it; ``gather`` to collect the chunks into one result should the output
+    stream; ``size``, the body's bytes (large bodies validate in the input pool)."""
 
     __slots__ = ("events", "gather", "payload", "prefs", "size")
 
@@ -142,6 +142,7 @@ class CallPath:
                 runner.metrics.refused(runner.name, ep.name, exc.type)
             return adapter.write_error(request, exc)
         p.bind(asyncio.current_task())
+        p.ctx.request = request  # for model methods that take the request
         try:
             try:
                 inbound = await adapter.read(request, Target(request, runner, ep, p))
@@ -151,7 +152,7 @@ class CallPath:
                     p.bind(None)
                     events = self.events(runner, p, value)
                     return closing(adapter.write_events(request, p, events), events)
-                result = await self._run(request, runner, p, value, ep.streams and inbound.gather)
+                result = await self._run(request, runner, p, value, inbound.gather)
             except asyncio.CancelledError:
                 if not p.aborted:  # the server itself is canceling this task
                     p.ctx.cancel("disconnected")
@@ -160,7 +161,7 @@ class CallPath:
                 uncancel()
                 raise p.ctx.error() from None
             p.bind(None)
-            if ep.streams and not inbound.gather:
+            if is_stream(result):  # a streaming endpoint, or a generator the model returned
                 return closing(adapter.write_stream(request, p, result), result)
             p.ctx.timings["total"] = time.monotonic() - p.ctx.created  # until the output
             response = await adapter.write_result(request, p, result)
@@ -184,7 +185,9 @@ class CallPath:
         self._watch.add(p, request)
         try:
             result = await runner.run(p, value)
-            if gather:  # drained while the client waits: leaving cancels it too
+            if gather and is_stream(
+                result
+            ):  # drained while the client waits: leaving cancels it too
                 async with contextlib.aclosing(result):
                     return Gathered([chunk async for chunk in result])
             return result
@@ -228,7 +231,7 @@ async def execute(
             uncancel()
             raise p.ctx.error() from None
         p.bind(None)
-        if runner.spec.endpoints[p.endpoint].streams:  # its chunks go out as output events
+        if is_stream(result):  # its chunks go out as output events
             async with contextlib.aclosing(result):
                 async for _ in result:
                     pass

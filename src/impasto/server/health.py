@@ -1,7 +1,8 @@
 """Liveness, readiness and schema routes, for one model or several (impasto's dialect).
 
 ``GET /`` and ``/health/live`` answer while the process runs; ``/health/ready`` once every
-model is loaded (503 naming the ones that are not, with their state); ``GET
+model is loaded and none's ``is_healthy()`` says otherwise (503 naming the ones that are
+not, with their state); ``GET
 /v1/models/{name}`` (and ``/loaded``) is one model's readiness, ``/schema`` its default
 endpoint's input and output schemas.
 """
@@ -26,9 +27,17 @@ def not_ready(runner: Runner) -> Response:
         message = f"model {runner.name} failed to load: {runner.load_error}"
     elif runner.closing:
         message = f"model {runner.name} is shutting down"
+    elif runner.ready:
+        message = f"model {runner.name} is not healthy (its is_healthy() said so)"
     else:
         message = f"model {runner.name} is not ready (state: {runner.state})"
     return error_response(NotReady(message, headers={"Retry-After": "1"}))
+
+
+def _state(runner: Runner) -> str:
+    if runner.closing:
+        return "shutting_down"
+    return "unhealthy" if runner.ready else runner.state
 
 
 def health_routes(models: Models) -> tuple[list[Route], list[Claim]]:
@@ -42,11 +51,11 @@ def health_routes(models: Models) -> tuple[list[Route], list[Claim]]:
         return FastJSONResponse({"status": "alive"})
 
     async def ready(request: Request) -> Response:
-        waiting = [r for r in models if not r.ready or r.closing]
+        waiting = [r for r in models if not r.ready or r.closing or await r.healthy() is False]
         if waiting:
             if len(models) == 1:
                 return not_ready(waiting[0])
-            states = {r.name: "shutting_down" if r.closing else r.state for r in waiting}
+            states = {r.name: _state(r) for r in waiting}
             listed = ", ".join(f"{name} ({state})" for name, state in states.items())
             return error_response(NotReady(f"not ready: {listed}", headers={"Retry-After": "1"}))
         if len(models) == 1:

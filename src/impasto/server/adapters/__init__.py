@@ -15,11 +15,12 @@ from typing import Any
 from .native import NativeAdapter
 from .octoai import OctoAIAdapter
 from .sagemaker import SageMakerAdapter
+from .truss import TrussAdapter
 
 
 def protocol_adapters() -> list[Callable[[Any], Any]]:
     """The protocol adapters every server serves, after impasto's own."""
-    return [SageMakerAdapter, OctoAIAdapter]
+    return [TrussAdapter, SageMakerAdapter, OctoAIAdapter]
 
 
-__all__ = ["NativeAdapter", "protocol_adapters"]
+__all__ = ["NativeAdapter", "TrussAdapter", "protocol_adapters"]
