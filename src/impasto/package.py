@@ -108,13 +108,18 @@ def load_examples(path: Path) -> list[Example]:
 
 
 def load_package(
-    path: str | Path, *, environment: str | None = None, secrets_dir: str | Path | None = None
+    path: str | Path,
+    *,
+    environment: str | None = None,
+    secrets_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Package:
-    """Read a package folder and inspect its model class (does not build or load the model)."""
+    """Read a package folder and inspect its model class (does not build or load the model);
+    ``overrides`` are merged over its config.yaml (a models.yaml entry's name and settings)."""
     root = Path(path).resolve()
     if not root.is_dir():
         raise PackageError(f"{root} is not a folder; pass the package folder (with config.yaml)")
-    config = load_config(root / "config.yaml")
+    config = load_config(root / "config.yaml", overrides)
     with package_scope(root, config):
         cls = _model_class(root, config)
         spec = inspect_model(cls, config.endpoints)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,6 +19,7 @@ from .. import __version__, logs
 from ..errors import ImpastoError
 from ..runner import Runner
 from .adapters import NativeAdapter, protocol_adapters
+from .auth import ApiKeyMiddleware, ApiKeys
 from .callpath import CallPath
 from .dialects import shared_routes
 from .errors import http_error, impasto_error, unhandled_error
@@ -27,6 +28,7 @@ from .middleware import RequestIdMiddleware
 from .openapi import DOCS_HTML, build_openapi
 from .registry import Models
 from .responses import FastJSONResponse
+from .results import ResultsConfig
 
 log = logging.getLogger("impasto.server")
 
@@ -42,6 +44,8 @@ class ServerSettings:
     # ``claims()`` on shared paths (see docs/architecture.md); after impasto's own.
     adapters: tuple[Callable[[CallPath], Any], ...] = ()
     redact: Callable[[str], str] | None = None  # secrets scrubbed from every log record
+    api_keys: ApiKeys | None = None  # keys every protocol's routes require (None: open)
+    results: ResultsConfig = field(default_factory=ResultsConfig)  # results served by URL
 
 
 def create_app(
@@ -55,19 +59,17 @@ def create_app(
         models = Models(list(models))
     registry = models
     title = settings.model_name or registry.default.name
-    callpath = CallPath(registry)
+    callpath = CallPath(registry, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         undo = logs.install(settings.redact)
         callback = settings.on_load_failed
-        for runner in registry:
-            task = runner.start()
-            if callback is not None:
-                task.add_done_callback(lambda _t, r=runner: None if r.ready else callback())
+        registry.start(None if callback is None else lambda r: None if r.ready else callback())
         try:
             yield
         finally:
+            await registry.pool.aclose()
             for runner in registry:
                 await runner.aclose()
             undo()
@@ -106,9 +108,15 @@ def create_app(
         *(route for adapter in adapters for route in adapter.routes()),
         *settings.extra_routes,
     ]
+    middleware = [Middleware(RequestIdMiddleware)]
+    if settings.api_keys:
+        owners = [a.unauthorized for a in adapters if hasattr(a, "unauthorized")]
+        middleware.append(
+            Middleware(ApiKeyMiddleware, keys=settings.api_keys, unauthorized=_first(owners))
+        )
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=middleware,
         exception_handlers={
             ImpastoError: impasto_error,
             HTTPException: http_error,
@@ -121,3 +129,17 @@ def create_app(
     app.state.callpath = callpath
     app.state.settings = settings
     return app
+
+
+def _first(owners: list[Callable[[Any, str], Response | None]]) -> Callable[[Any, str], Response]:
+    """A 401 in the shape of the first protocol that owns the path, else impasto's own."""
+
+    def unauthorized(scope: Any, message: str) -> Response:
+        for owner in owners:
+            response = owner(scope, message)
+            if response is not None:
+                return response
+        body = {"error": {"type": "unauthorized", "message": message, "field": None}}
+        return FastJSONResponse(body, status_code=401)
+
+    return unauthorized

@@ -1,7 +1,8 @@
 """Liveness, readiness and schema routes, for one model or several (impasto's dialect).
 
 ``GET /`` and ``/health/live`` answer while the process runs; ``/health/ready`` once every
-model is loaded (503 naming the ones that are not, with their state); ``GET
+model is available (loaded, or lazy: loaded by its first request), with each model's state,
+or 503 naming the ones that are not; ``GET
 /v1/models/{name}`` (and ``/loaded``) is one model's readiness, ``/schema`` its default
 endpoint's input and output schemas.
 """
@@ -42,20 +43,23 @@ def health_routes(models: Models) -> tuple[list[Route], list[Claim]]:
         return FastJSONResponse({"status": "alive"})
 
     async def ready(request: Request) -> Response:
-        waiting = [r for r in models if not r.ready or r.closing]
+        waiting = [r for r in models if not models.available(r)]
         if waiting:
             if len(models) == 1:
                 return not_ready(waiting[0])
-            states = {r.name: "shutting_down" if r.closing else r.state for r in waiting}
-            listed = ", ".join(f"{name} ({state})" for name, state in states.items())
+            listed = ", ".join(f"{r.name} ({models.state(r)})" for r in waiting)
             return error_response(NotReady(f"not ready: {listed}", headers={"Retry-After": "1"}))
         if len(models) == 1:
-            return FastJSONResponse({"status": "ready", "model": models.default.name})
-        return FastJSONResponse({"status": "ready", "models": models.names})
+            runner = models.default
+            return FastJSONResponse(
+                {"status": "ready", "model": runner.name, "state": models.state(runner)}
+            )
+        states = {r.name: models.state(r) for r in models}
+        return FastJSONResponse({"status": "ready", "models": states})
 
     async def model_ready(request: Request) -> Response:
         runner = models.get(request.path_params["model_name"])
-        return FastJSONResponse({}) if runner.ready and not runner.closing else not_ready(runner)
+        return FastJSONResponse({}) if models.available(runner) else not_ready(runner)
 
     async def schema(request: Request) -> Response:
         runner = models.get(request.path_params["model_name"])
