@@ -186,3 +186,42 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+PROTOCOLS_YAML = """\
+models:
+  - name: sd
+    path: {repo}/examples/tiny-sd
+    default: true
+    overrides:  # per-model settings over the package's config.yaml
+      diffusers: {{default_steps: 2, limits: {{max_images: 3}}}}
+  - name: painter
+    path: {packages}/painter
+  - name: typed
+    path: {packages}/typed
+"""
+
+
+@pytest.fixture(scope="session")
+def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
+    """One server for every protocol test: the tiny diffusers example (``sd``, the
+    default), a custom impasto package (``painter``) and a Truss-shaped one (``typed``)."""
+    from impasto import build_app
+    from impasto.models_file import load_models_file
+
+    root = tmp_path_factory.mktemp("three-models")
+    spec = root / "models.yaml"
+    spec.write_text(PROTOCOLS_YAML.format(repo=REPO, packages=PACKAGES))
+    home = os.environ.get("IMPASTO_HOME")
+    os.environ["IMPASTO_HOME"] = str(root / "home")  # the tiny weights are built there
+    try:
+        server = ThreadServer(build_app(load_models_file(spec))).start()
+        server.client.timeout = 120
+        server.wait_ready(300)
+    finally:
+        if home is None:
+            os.environ.pop("IMPASTO_HOME", None)
+        else:
+            os.environ["IMPASTO_HOME"] = home
+    yield server
+    server.stop()

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .config import AuthConfig
 from .errors import ConfigError
 from .package import Package, load_package
+from .secrets import Redactor
 from .server.results import ResultsConfig
 
 
@@ -93,12 +94,25 @@ class ServePlan:
             )
 
     @property
+    def default_package(self) -> Package:
+        return next((p for p in self.packages if p.name == self.default), self.packages[0])
+
+    @property
     def auth_config(self) -> AuthConfig:
         """The plan's auth section, else the default model's."""
-        if self.auth is not None:
-            return self.auth
-        default = next((p for p in self.packages if p.name == self.default), self.packages[0])
-        return default.config.auth
+        return self.auth if self.auth is not None else self.default_package.config.auth
+
+    def api_keys(self) -> list[str]:
+        """The keys clients must send (none: auth is off)."""
+        from .server.auth import api_key_values
+
+        return api_key_values(self.auth_config, self.default_package.config.secrets_dir)
+
+    def redactor(self) -> Redactor:
+        """Every package's secrets and the API keys, scrubbed from logs."""
+        values = {f"{p.name}.{k}": v for p in self.packages for k, v in p.secrets.items()}
+        values.update({f"api_key_{i}": key for i, key in enumerate(self.api_keys())})
+        return Redactor(values)
 
 
 def plan_for(packages: list[Package]) -> ServePlan:

@@ -11,9 +11,8 @@ from .metrics import Metrics
 from .models_file import ServePlan, plan_for
 from .package import Package, load_package
 from .runner import Runner
-from .secrets import Redactor
 from .server import ServerSettings, create_app
-from .server.auth import ApiKeys, api_key_values
+from .server.auth import ApiKeys
 from .server.registry import Models
 
 
@@ -46,28 +45,16 @@ def build_app(
     packages = plan.packages
     metrics = Metrics()
     runners = [runner_for(pkg, metrics) for pkg in packages]
-    auth = plan.auth_config
-    default = next((p for p in packages if p.name == plan.default), packages[0])
-    keys_dir = default.config.secrets_dir
-    raw_keys = api_key_values(auth, keys_dir)
-    api_keys = ApiKeys.of(raw_keys, auth.open_routes)
-    redactors = [pkg.redactor for pkg in packages]
-    if raw_keys:
-        redactors.append(Redactor({f"api_key_{i}": k for i, k in enumerate(raw_keys)}))
-
-    def redact(text: str) -> str:
-        for redactor in redactors:
-            text = redactor(text)
-        return text
-
+    raw_keys = plan.api_keys()
+    redactor = plan.redactor()
     settings = ServerSettings(
         on_load_failed=on_load_failed,
-        redact=redact,
-        api_keys=api_keys or None,
+        redact=redactor,
+        api_keys=ApiKeys.of(raw_keys, plan.auth_config.open_routes) if raw_keys else None,
         results=plan.results,
     )
     models = Models(runners, plan.default, lazy=plan.lazy, max_loaded=plan.max_loaded)
     app = create_app(models, settings)
-    app.state.package = default
+    app.state.package = plan.default_package
     app.state.packages = packages
     return app

@@ -210,6 +210,8 @@ def inspect_call(cls: type, attr: str, *, input_name: str, list_input: bool = Fa
     if not data_params:
         raise PackageError(f"{where} must take an input argument")
     ret = hints.get("return")
+    if list_input and typing.get_origin(ret) is list and typing.get_args(ret):
+        ret = typing.get_args(ret)[0]  # a batch method returns one output per input
     output_model = ret if _is_model_type(ret) else None
     style, input_model = "raw", None
     if list_input:

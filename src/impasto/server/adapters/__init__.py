@@ -12,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .cog import CogAdapter
+from .kserve_v1 import KServeV1Adapter
 from .native import NativeAdapter
+from .oip import OIPAdapter
+from .openai import OpenAIAdapter
 
 
 def protocol_adapters() -> list[Callable[[Any], Any]]:
     """The protocol adapters every server serves, after impasto's own."""
-    return []
+    return [OpenAIAdapter, OIPAdapter, KServeV1Adapter, CogAdapter]
 
 
 __all__ = ["NativeAdapter", "protocol_adapters"]
