@@ -72,7 +72,7 @@ def task_endpoint(runner: Runner, task: str) -> EndpointSpec | None:
             continue
         if not all(name in fields for name in TASK_FIELDS[task]):
             continue
-        if task == "text2img" and any(media_kind(fields[n].annotation) for n in required(ep)):
+        if task == "text2img" and any(takes_media(fields[n]) for n in required(ep)):
             continue
         if task == "img2img" and "mask" in required(ep):
             continue
@@ -80,9 +80,16 @@ def task_endpoint(runner: Runner, task: str) -> EndpointSpec | None:
     return first if task == "text2img" else None
 
 
+def takes_media(info: FieldInfo) -> bool:
+    """Whether a field decodes media (``Image["RGB"]`` keeps its marker in the metadata)."""
+    return media_kind(info.annotation) is not None or any(
+        media_kind(meta) is not None for meta in info.metadata
+    )
+
+
 def media_field(endpoint: EndpointSpec, name: str) -> bool:
     info = (fields_of(endpoint) or {}).get(name)
-    return info is not None and media_kind(info.annotation) is not None
+    return info is not None and takes_media(info)
 
 
 def is_list_field(endpoint: EndpointSpec, name: str) -> bool:
