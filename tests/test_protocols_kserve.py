@@ -6,9 +6,11 @@ keep their Truss meaning; see docs/protocols.md)."""
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -338,19 +340,23 @@ print(json.dumps(out))
 
 
 def kserve_python() -> Path:
-    """A venv holding the kserve client, built once per machine and reused."""
+    """A venv holding the kserve client, built once per machine (under a lock, so that
+    concurrent runs build it once) and reused."""
     python = CACHE / "bin" / "python"
-    if python.exists():
-        return python
-    building = CACHE.with_name(CACHE.name + ".building")
-    subprocess.run(["rm", "-rf", str(building)], check=True)
-    subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
-    subprocess.run(
-        [str(building / "bin" / "python"), "-m", "pip", "install", "-q", KSERVE],
-        check=True,
-        timeout=900,
-    )
-    building.rename(CACHE)
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(CACHE.with_name(CACHE.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if python.exists():
+            return python
+        building = CACHE.with_name(CACHE.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
+        subprocess.run(
+            [str(building / "bin" / "python"), "-m", "pip", "install", "-q", KSERVE],
+            check=True,
+            timeout=900,
+        )
+        building.rename(CACHE)
     return python
 
 

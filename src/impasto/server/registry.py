@@ -83,6 +83,14 @@ class Models:
             raise NotFound(f"no model named {name!r}; this server serves: {', '.join(self.names)}")
         return runner
 
+    def split(self, name: str | None) -> tuple[str | None, str | None]:
+        """``model:endpoint`` (how protocols that name only a model reach another endpoint)
+        as its two parts; any other name as ``(name, None)``."""
+        if name and ":" in name and name not in self._by_name:
+            model, endpoint = name.rsplit(":", 1)
+            return model, endpoint or None
+        return name, None
+
     def resolve(self, model: str | None, endpoint: str | None) -> tuple[Runner, EndpointSpec]:
         runner = self.get(model)
         return runner, runner.endpoint(endpoint)

@@ -7,8 +7,9 @@ timestamps); media outputs are ``data:`` URIs, as Cog returns files when no uplo
 set. ``Accept: text/event-stream`` streams a generator endpoint's ``start``, ``output``,
 ``log`` and ``completed`` events (406 on any other endpoint, as Cog does). ``GET
 /health-check`` always answers 200 with Cog's states (``STARTING``, ``READY``, ``BUSY``,
-``SETUP_FAILED``, ``DEFUNCT``). With several models each is also at
-``/models/{name}/predictions`` and ``/models/{name}/health-check``.
+``SETUP_FAILED``, ``DEFUNCT``). Each model is also at ``/models/{name}/predictions`` and
+``/models/{name}/health-check``, and each of its other endpoints at
+``/models/{name}:{endpoint}/predictions``.
 
 Statuses follow Cog: a model that raised is 200 with ``status: "failed"``; invalid input is
 422 ``{"detail": [{"loc": ["body", "input", field], ...}]}`` (unknown input keys are
@@ -189,11 +190,12 @@ class CogAdapter:
                 "status": "failed",
             }
             return FastJSONResponse(body, 501)
-        return await self.callpath.handle(request, self, request.path_params.get("name"), None)
+        model, endpoint = self.models.split(request.path_params.get("name"))
+        return await self.callpath.handle(request, self, model, endpoint)
 
     async def health_check(self, request: Request) -> Response:
         try:
-            runner = self.models.get(request.path_params.get("name"))
+            runner = self.models.get(self.models.split(request.path_params.get("name"))[0])
         except NotFound as exc:
             return FastJSONResponse({"error": exc.message, "status": "failed"}, 404)
         state = self.models.state(runner)

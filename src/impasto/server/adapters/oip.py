@@ -81,12 +81,10 @@ class OIPAdapter:
 
     # names --------------------------------------------------------------------------------
     def _resolve(self, request: Request) -> tuple[Runner, EndpointSpec]:
-        name = request.path_params["name"]
+        name, endpoint = self.models.split(request.path_params["name"])
         version = request.path_params.get("version")
-        endpoint = request.query_params.get("endpoint")
-        if ":" in name and name not in self.models.names:
-            name, endpoint = name.rsplit(":", 1)
-        runner, ep = self.models.resolve(name, endpoint or None)
+        endpoint = endpoint or request.query_params.get("endpoint") or None
+        runner, ep = self.models.resolve(name, endpoint)
         if version is not None and version != VERSION:
             raise NotFound(f"model {name} has no version {version!r}; it has: {VERSION}")
         return runner, ep

@@ -1,3 +1,4 @@
+import logging
 import threading
 
 import numpy as np
@@ -6,6 +7,8 @@ from pydantic import BaseModel, Field
 
 import impasto
 from impasto import Image
+
+log = logging.getLogger("painter")  # lines a prediction logs reach its Cog `logs`
 
 
 class Painted(BaseModel):
@@ -45,7 +48,7 @@ class Model:
         context=None,
     ) -> Painted:
         """Noise images of the asked size, one per num_images; reports a step per image."""
-        print(f"painting {prompt!r}")
+        log.warning("painting %r", prompt)
         if hold:
             type(self).hold.set()
             type(self).release.wait(60)
@@ -63,5 +66,5 @@ class Model:
     def tokens(self, prompt: str, n: int = 3):
         """A generator: one chunk per word of the prompt, n times over."""
         for i in range(n):
-            print(f"token {i}")
+            log.warning("token %d", i)
             yield f"{prompt}-{i}"
