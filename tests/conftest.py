@@ -66,7 +66,7 @@ class ProcessServer:
     """`impasto serve` in a subprocess, as a user runs it."""
 
     def __init__(
-        self, path: Path, *args: str, env: dict[str, str] | None = None, log: Path
+        self, path: Path | None, *args: str, env: dict[str, str] | None = None, log: Path
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -79,7 +79,7 @@ class ProcessServer:
                 "-m",
                 "impasto.cli.main",
                 "serve",
-                str(path),
+                *([str(path)] if path is not None else []),
                 "--port",
                 str(self.port),
                 *args,
@@ -163,7 +163,7 @@ def serve_process(tmp_path: Path) -> Iterator:
     started: list[ProcessServer] = []
 
     def start(
-        path: Path, *args: str, env: dict[str, str] | None = None, live: bool = True
+        path: Path | None, *args: str, env: dict[str, str] | None = None, live: bool = True
     ) -> ProcessServer:
         server = ProcessServer(path, *args, env=env, log=tmp_path / f"server{len(started)}.log")
         started.append(server)
