@@ -44,15 +44,17 @@ _NO_PREFS = OutputPrefs()
 
 class Inbound:
     """What an adapter read from one request: the payload; the client's output preferences;
-    ``events`` to stream the prediction's events (progress, previews, log lines, the result
-    or a streaming endpoint's chunks) instead of waiting for it; ``gather`` to collect a
-    streaming endpoint's chunks into one result; ``size``, the body's bytes (large bodies
-    validate in the input pool); ``items``, several inputs instead of one payload (KServe
+    ``events`` to stream the prediction's events (progress, previews, log lines, the result)
+    instead of waiting for it, and ``chunk_events`` to have a streaming endpoint's chunks
+    come that way too (as ``output`` events) rather than through ``write_stream``;
+    ``gather`` to collect a streaming endpoint's chunks into one result; ``size``, the
+    body's bytes (large bodies validate in the input pool); ``items``, several inputs
+    instead of one payload (KServe
     ``instances``, a tensor batch, several images to edit): each becomes its own prediction,
     run side by side (and batched together where the endpoint batches), and the adapter
     writes their results as one :class:`Many`."""
 
-    __slots__ = ("events", "gather", "items", "payload", "prefs", "size")
+    __slots__ = ("chunk_events", "events", "gather", "items", "payload", "prefs", "size")
 
     def __init__(
         self,
@@ -63,6 +65,7 @@ class Inbound:
         gather: bool = False,
         size: int | None = None,
         items: list[Any] | None = None,
+        chunk_events: bool = False,
     ) -> None:
         self.payload = payload
         self.prefs = prefs
@@ -70,6 +73,7 @@ class Inbound:
         self.gather = gather
         self.size = size
         self.items = items
+        self.chunk_events = chunk_events
 
 
 class Gathered(list):
@@ -160,7 +164,7 @@ class CallPath:
                 if inbound.items is not None:
                     return await self._many(request, adapter, runner, p, inbound)
                 value = await runner.decode(p, inbound.payload, size=inbound.size)
-                if inbound.events:
+                if inbound.events and (not ep.streams or inbound.chunk_events):
                     p.bind(None)
                     events = self.events(runner, p, value)
                     return closing(adapter.write_events(request, p, events), events)

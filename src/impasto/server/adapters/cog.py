@@ -245,7 +245,9 @@ class CogAdapter:
                 "This model does not support streaming responses. Its endpoint "
                 f"{target.endpoint.name} is not a generator."
             )
-        return Inbound(cog.input, events=cog.sse, gather=not cog.sse, size=len(body))
+        return Inbound(
+            cog.input, events=cog.sse, chunk_events=cog.sse, gather=not cog.sse, size=len(body)
+        )
 
     # writing ------------------------------------------------------------------------------
     def _media(self, p: Prediction) -> MediaConfig:
