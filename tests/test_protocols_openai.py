@@ -73,6 +73,12 @@ def test_model_picks_the_served_model_by_name(three_models):
     assert "sd, painter, typed" in err.value.message
 
 
+def test_a_model_that_makes_no_images_says_so(three_models):
+    with pytest.raises(openai.BadRequestError) as err:  # typed answers text
+        _client(three_models).images.generate(model="typed", prompt="fox")
+    assert err.value.param == "model" and "does not make images" in err.value.message
+
+
 def test_without_a_model_the_default_model_answers(three_models):
     r = three_models.client.post("/v1/images/generations", json={"prompt": "fox"})
     assert r.status_code == 200, r.text

@@ -109,3 +109,11 @@ def _is_list(annotation: Any) -> bool:
 def images_of(result: Any) -> list[Any]:
     """The media values of a result, in order (an ImageResult's ``images``...)."""
     return find_media(result)
+
+
+def returns_media(endpoint: EndpointSpec) -> bool | None:
+    """Whether the endpoint's declared output holds media (None: it declares none)."""
+    model = endpoint.output_model
+    if model is None:
+        return None
+    return any(takes_media(info) for info in model.model_fields.values())

@@ -34,7 +34,7 @@ from ...errors import MalformedInput
 from ...media import UploadedFile, decode_image, load_bytes
 from ...runner import Runner
 from ...spec import EndpointSpec
-from .fields import default, fields_of, has, task_endpoint, upper_bound
+from .fields import default, fields_of, has, returns_media, task_endpoint, upper_bound
 
 # OpenAI's own parameters: never passed through to the endpoint under these names
 OPENAI_FIELDS = frozenset(
@@ -150,6 +150,12 @@ def _call(
     images: list[Any] | None,
     mask: Any,
 ) -> ImagesCall:
+    if returns_media(endpoint) is False:
+        raise MalformedInput(
+            f"this model does not make images: its endpoint {endpoint.name} returns "
+            f"{endpoint.output_model.__name__ if endpoint.output_model else 'no images'}",
+            field="model",
+        )
     prompt = data.get("prompt")
     if kind != "variations" and (not isinstance(prompt, str) or not prompt.strip()):
         raise MalformedInput("prompt is required: a non-empty string", field="prompt")
