@@ -97,6 +97,15 @@ def test_v1_instances(three_models):
     assert invalid.status_code == 400 and "seed" in invalid.json()["error"]
 
 
+def test_one_bad_instance_fails_the_request_and_too_many_are_refused(three_models):
+    http = three_models.client
+    r = http.post("/v1/models/painter:predict", json={"instances": ["fine", {"prompt": ""}]})
+    assert r.status_code == 400 and "prompt" in r.json()["error"]
+    many = http.post("/v1/models/painter:predict", json={"instances": ["x"] * 17})
+    assert many.status_code == 400 and "runtime.max_request_items" in many.json()["error"]
+    assert http.post("/v1/models/painter:predict", json={"instances": ["ok"]}).status_code == 200
+
+
 def test_v1_other_bodies_keep_impastos_answer_and_truss_packages_keep_truss(three_models):
     http = three_models.client
     plain = http.post("/v1/models/painter:predict", json={"prompt": "fox"})
