@@ -66,12 +66,14 @@ class ProcessServer:
     """`impasto serve` in a subprocess, as a user runs it."""
 
     def __init__(
-        self, path: Path | None, *args: str, env: dict[str, str] | None = None, log: Path
+        self, path: Path | None, *args: str, env: dict[str, str | None] | None = None, log: Path
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The playground is off unless a test asks (None unsets a variable): Gradio is heavy.
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "IMPASTO_UI": "0", **(env or {})}
+        full_env = {k: v for k, v in full_env.items() if v is not None}
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -155,6 +157,35 @@ def serve_thread() -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def serve_module() -> Iterator:
+    """Like serve_thread, for servers a whole test module shares (generous timeouts: the
+    tiny pipelines run on a shared CPU)."""
+    from impasto import build_app
+
+    started: list[ThreadServer] = []
+
+    def start(package, ready: bool = True) -> ThreadServer:
+        server = ThreadServer(build_app(package)).start()
+        server.client.timeout = 300
+        started.append(server)
+        if ready:
+            server.wait_ready(120)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny random-weight Stable Diffusion pipeline saved with save_pretrained."""
+    from impasto.diffusers import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
 
 
 @pytest.fixture

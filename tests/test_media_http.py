@@ -204,7 +204,7 @@ def open_server(serve_module, tmp_path_factory) -> ThreadServer:
         "media": {
             "allow_urls": True,
             "allow_private_urls": True,  # the loopback file server of these tests
-            "url_timeout_s": 0.5,
+            "url_timeout_s": 3,  # /slow never answers; a loaded machine still fetches in time
             "max_part_bytes": 200_000,
             "data_uri": True,
             "image_format": "webp",
@@ -350,8 +350,8 @@ def test_pydantic_input_model_by_json_and_multipart(io_server):
     ("data", "message"),
     [
         (PNG[: len(PNG) // 2], "not a valid image"),  # truncated
-        (b"hello, I am text", "not a valid image"),  # not an image
-        (MP4, "not a valid image"),  # another kind of media
+        (b"hello, I am text", "not an image (its bytes are no known image format)"),
+        (MP4, "not an image (video/mp4)"),  # another kind of media
     ],
     ids=["truncated", "text", "video"],
 )
@@ -370,10 +370,13 @@ def test_wrong_types_and_missing_parts_are_422_naming_the_field(io_server):
     missing = io_server.client.post("/tools/edit", files={"mask": ("m.png", PNG, "image/png")})
     assert_error(missing, 422, "image", "Field required")
     in_list = io_server.client.post("/inputs", json={"images": [b64(PNG), b64(b"oops")]})
-    assert_error(in_list, 422, "images.1", "not a valid image")
+    assert_error(in_list, 422, "images.1", "not an image")
     card = {"title": "t", "image": b64(b"oops"), "thumbnails": []}
     nested = io_server.client.post("/recaption", json={"card": card})
-    assert_error(nested, 422, "card.image", "not a valid image")
+    assert_error(nested, 422, "card.image", "not an image")
+    text = io_server.client.post("/predict", files={"image": ("a.txt", b"hi", "text/plain")})
+    assert_error(text, 422, "image", "not an image (text/plain)")
+    assert "object at 0x" not in text.text
     video = io_server.client.post("/inputs", files={"video": ("v.mp4", b"\0" * 64, "video/mp4")})
     assert_error(video, 422, "video", "not a valid video")
     audio = io_server.client.post("/inputs", json={"audio": b64(PNG)})

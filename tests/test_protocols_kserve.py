@@ -6,16 +6,12 @@ keep their Truss meaning; see docs/protocols.md)."""
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import io
 import json
-import shutil
 import struct
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,12 +19,12 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from client_venvs import client_venv
 from conftest import PACKAGES, ThreadServer
 
 pytestmark = pytest.mark.timeout(900)
 
 KSERVE = "kserve==0.21.0"
-CACHE = Path.home() / ".cache" / "impasto-tests" / KSERVE.replace("==", "-")
 
 
 def _triton(server: ThreadServer) -> triton.InferenceServerClient:
@@ -348,32 +344,11 @@ print(json.dumps(out))
 """
 
 
-def kserve_python() -> Path:
-    """A venv holding the kserve client, built once per machine (under a lock, so that
-    concurrent runs build it once) and reused."""
-    python = CACHE / "bin" / "python"
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    with open(CACHE.with_name(CACHE.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if python.exists():
-            return python
-        building = CACHE.with_name(CACHE.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
-        subprocess.run(
-            [str(building / "bin" / "python"), "-m", "pip", "install", "-q", KSERVE],
-            check=True,
-            timeout=900,
-        )
-        building.rename(CACHE)
-    return python
-
-
 def test_the_kserve_client(three_models, tmp_path):
     script = tmp_path / "client.py"
     script.write_text(KSERVE_SCRIPT)
     done = subprocess.run(
-        [str(kserve_python()), str(script), three_models.url],
+        [str(client_venv("kserve-0.21.0", [KSERVE])), str(script), three_models.url],
         capture_output=True,
         text=True,
         timeout=600,

@@ -8,8 +8,9 @@ reported as warnings, never a crash.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,9 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-
-class ConfigWarning(UserWarning):
-    """A config.yaml key impasto does not know (kept, not used)."""
+log = logging.getLogger("impasto.config")
 
 
 class _Section(BaseModel):
@@ -63,6 +62,12 @@ class Runtime(_Section):
     load_timeout_s: float | None = Field(None, gt=0, description="Give up on load() after this.")
     wait_for_load: bool = Field(
         False, description="Hold predict requests while loading instead of answering 503."
+    )
+    load_wait_s: float | None = Field(
+        300,
+        gt=0,
+        description="With wait_for_load, how long a request waits for the model to load "
+        "before 503 (None: until its own deadline).",
     )
     streaming_read_timeout: float = Field(60, gt=0, description="Longest gap between chunks.")
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
@@ -243,6 +248,16 @@ class AuthConfig(_Section):
     secret: str = Field("api_keys", description="The secret holding the comma-separated keys.")
 
 
+class UIConfig(_Section):
+    """The playground at ``/ui`` (needs ``pip install 'impasto[ui]'``)."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Serve the playground (default: when Gradio is installed and the server "
+        "binds to loopback; `impasto serve --ui/--no-ui` overrides).",
+    )
+
+
 class PackageConfig(_Section):
     """A whole ``config.yaml``."""
 
@@ -281,6 +296,12 @@ class PackageConfig(_Section):
     diffusers: DiffusersConfig | None = None
     secrets_dir: str | None = Field(None, description="Folder of secret files (default /secrets).")
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
+
+    @field_validator("ui", mode="before")
+    @classmethod
+    def _ui_flag(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) or value is None else value
 
     @field_validator("secrets", mode="before")
     @classmethod
@@ -307,12 +328,23 @@ class PackageConfig(_Section):
 
     def unknown_keys(self) -> list[str]:
         """Keys present in the file that no section of impasto knows, with their dotted path."""
-        found = [str(k) for k in (self.model_extra or {})]
-        for name in ("resources", "runtime", "batching", "media", "auth"):
-            section = getattr(self, name)
-            found += [f"{name}.{k}" for k in (section.model_extra or {})]
+        return sorted(key for key, _ in self.typos())
+
+    def typos(self) -> list[tuple[str, str | None]]:
+        """Each unknown key (dotted path) with the closest key its section knows, if any."""
+        sections: list[tuple[str, BaseModel]] = [("", self)]
+        sections += [
+            (f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching", "ui", "auth")
+        ]
+        sections.append(("media.", self.media))
         if self.diffusers is not None:
-            found += [f"diffusers.{k}" for k in (self.diffusers.model_extra or {})]
+            sections.append(("diffusers.", self.diffusers))
+        found = []
+        for prefix, section in sections:
+            known = list(type(section).model_fields)
+            for key in section.model_extra or {}:
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+                found.append((f"{prefix}{key}", f"{prefix}{close[0]}" if close else None))
         return sorted(found)
 
 
@@ -330,11 +362,9 @@ def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") ->
         raise ConfigError(
             f"{source}: invalid value for `{key}`: {value!r} ({err['msg']})", field=key
         ) from None
-    unknown = config.unknown_keys()
-    if unknown:
-        warnings.warn(
-            f"{source}: unknown keys ignored: {', '.join(unknown)}", ConfigWarning, stacklevel=2
-        )
+    for key, close in config.typos():
+        hint = f" (did you mean `{close}`?)" if close else ""
+        log.warning("%s: unknown key `%s` ignored%s", source, key, hint)
     return config
 
 

@@ -140,7 +140,9 @@ def _redact(record: logging.LogRecord, redactors: list[Callable[[str], str]]) ->
         message = record.getMessage()
     except Exception:
         return
-    record.msg, record.args = clean(message), None
+    cleaned = clean(message)
+    if cleaned != message:  # (left alone otherwise: filters may read the args)
+        record.msg, record.args = cleaned, None
     if record.exc_info and not record.exc_text:
         record.exc_text = clean("".join(traceback.format_exception(*record.exc_info)).rstrip())
     if record.stack_info:

@@ -65,6 +65,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "impasto_in_flight",
+            "Admitted predictions not yet ended (waiting or running), by model.",
+            ["model"],
+            registry=self.registry,
+        )
 
     def observe(
         self, model: str, endpoint: str, outcome: str, seconds: float, reason: str | None = None
@@ -104,10 +110,13 @@ class Metrics:
     def observe_batch(self, model: str, endpoint: str, size: int) -> None:
         self.batch_size.labels(model, endpoint).observe(size)
 
-    def track_queue(self, model: str, depth: Callable[[], float]) -> None:
-        """Report ``depth()`` as ``model``'s queue depth, read at each scrape (nothing to
-        update on the request path)."""
-        self.queue.labels(model).set_function(depth)
+    def track(
+        self, model: str, queued: Callable[[], float], in_flight: Callable[[], float]
+    ) -> None:
+        """Report ``model``'s queue depth and predictions in flight, read at each scrape
+        (nothing to update on the request path)."""
+        self.queue.labels(model).set_function(queued)
+        self.in_flight.labels(model).set_function(in_flight)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -120,21 +120,16 @@ def plan_for(packages: list[Package]) -> ServePlan:
     return ServePlan(packages)
 
 
+def model_paths(path: str | Path | None) -> list[Path]:
+    """The package folders a models.yaml names, without loading them."""
+    assert path is not None
+    where, parsed = _read(path)
+    return [where.parent / entry.path for entry in parsed.models]
+
+
 def load_models_file(path: str | Path) -> ServePlan:
     """Read models.yaml and load each package it names (their models load later)."""
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise ConfigError(f"{path} not found; pass a models.yaml listing `models:`")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        parsed = ModelsFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: invalid `{key}`: {err['msg']}", field=key) from None
+    path, parsed = _read(path)
     packages = []
     for entry in parsed.models:
         overrides = dict(entry.overrides)
@@ -154,3 +149,20 @@ def load_models_file(path: str | Path) -> ServePlan:
         auth=parsed.auth,
         results=parsed.results,
     )
+
+
+def _read(path: str | Path) -> tuple[Path, ModelsFile]:
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; pass a models.yaml listing `models:`")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        parsed = ModelsFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: invalid `{key}`: {err['msg']}", field=key) from None
+    return path, parsed

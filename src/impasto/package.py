@@ -2,6 +2,8 @@
 
 A package is ``config.yaml`` + ``model/model.py`` (+ ``data/``, ``packages/``,
 ``examples.yaml``). A package whose config has a ``diffusers:`` section needs no model.py.
+Folders made for other systems (a SageMaker model folder, an OctoAI-style service) load
+through :mod:`impasto.formats` into the same kind of package.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from .config import PackageConfig, load_config
+from .config import PackageConfig, deep_merge, load_config, parse_config
 from .errors import ConfigError, NotFound, PackageError
+from .formats import detect_format
 from .secrets import Redactor, Secrets, resolve_secrets
 from .spec import ModelSpec, inspect_model
 
@@ -51,12 +54,16 @@ class Package:
 
     @property
     def kind(self) -> str:
-        """Which protocol's dialect shared routes answer in: ``truss`` for a model class with
-        its own ``predict`` (the Truss-shaped package), ``impasto`` for the rest (zero-code
+        """Which protocol's dialect shared routes answer in: the kind a model class declares
+        (``impasto_kind``: ``sagemaker``, ``octoai``), ``truss`` for a model class with its
+        own ``predict`` (the Truss-shaped package), ``impasto`` for the rest (zero-code
         diffusers, ``@impasto.endpoint`` classes)."""
         from .diffusers.model import DiffusersModel
 
         cls = self.spec.cls
+        declared = getattr(cls, "impasto_kind", None)
+        if isinstance(declared, str):
+            return declared
         if issubclass(cls, DiffusersModel) or not callable(getattr(cls, "predict", None)):
             return "impasto"
         return "truss"
@@ -80,8 +87,9 @@ class Package:
     def scope(self) -> contextlib.AbstractContextManager[None]:
         """The package's ``environment_variables`` and import folders (``packages/``,
         ``external_package_dirs``): in effect while it is imported, and while a runner serves
-        it (from load to close), undone afterwards."""
-        return package_scope(self.root, self.config)
+        it (from load to close), undone afterwards; plus whatever the model class needs in
+        scope (``impasto_scope``: the OctoAI SDK modules of an OctoAI-style service)."""
+        return package_scope(self.root, self.config, getattr(self.spec.cls, "impasto_scope", None))
 
     def examples(self) -> list[Example]:
         return load_examples(self.root / self.config.examples_filename)
@@ -119,9 +127,12 @@ def load_package(
     root = Path(path).resolve()
     if not root.is_dir():
         raise PackageError(f"{root} is not a folder; pass the package folder (with config.yaml)")
-    config = load_config(root / "config.yaml", overrides)
+    fmt = detect_format(root)
+    config = fmt.config(root) if fmt else load_config(root / "config.yaml", overrides)
+    if fmt and overrides:
+        config = parse_config(deep_merge(config.model_dump(mode="python"), overrides))
     with package_scope(root, config):
-        cls = _model_class(root, config)
+        cls = fmt.model_class(root, config) if fmt else _model_class(root, config)
         spec = inspect_model(cls, config.endpoints)
     secrets = resolve_secrets(config.secrets, secrets_dir or config.secrets_dir)
     env = environment or os.environ.get("IMPASTO_ENVIRONMENT") or None
@@ -129,10 +140,14 @@ def load_package(
 
 
 @contextlib.contextmanager
-def package_scope(root: Path, config: PackageConfig) -> Iterator[None]:
+def package_scope(
+    root: Path,
+    config: PackageConfig,
+    extra: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+) -> Iterator[None]:
     """Set the package's environment variables (those not already set) and put
-    ``packages/`` and every ``external_package_dirs`` entry on ``sys.path`` for the block,
-    then put back exactly what it changed."""
+    ``packages/`` and every ``external_package_dirs`` entry on ``sys.path`` for the block
+    (and enter ``extra()``), then put back exactly what it changed."""
     dirs = [root / config.bundled_packages_dir]
     for entry in config.external_package_dirs:
         folder = (root / entry).resolve()
@@ -157,7 +172,8 @@ def package_scope(root: Path, config: PackageConfig) -> Iterator[None]:
     sys.path[:0] = added_dirs
     os.environ.update(added_env)
     try:
-        yield
+        with extra() if extra is not None else contextlib.nullcontext():
+            yield
     finally:
         for folder in added_dirs:
             with contextlib.suppress(ValueError):

@@ -116,7 +116,7 @@ class Runner:
         self._load_task: asyncio.Task | None = None
         self._listeners = [metrics.listener(name)] if metrics is not None else []
         if metrics is not None:
-            metrics.track_queue(name, lambda: self._queued)
+            metrics.track(name, lambda: self._queued, lambda: len(self._live))
 
     # loading ------------------------------------------------------------------------------
     def start(self) -> asyncio.Task:
@@ -151,8 +151,13 @@ class Runner:
                     f"load() did not finish within {timeout} s (runtime.load_timeout_s)"
                 )
             else:
-                self.load_error = self.redact(f"{type(exc).__name__}: {exc}")
-            if not isinstance(exc, asyncio.CancelledError):
+                text = (
+                    exc.message if isinstance(exc, ImpastoError) else f"{type(exc).__name__}: {exc}"
+                )
+                self.load_error = self.redact(text)
+            if isinstance(exc, ImpastoError):  # impasto's own, clear error: one line
+                log.error("model %s failed to load: %s", self.name, self.load_error)
+            elif not isinstance(exc, asyncio.CancelledError):
                 log.error(
                     "model %s failed to load: %s\n%s",
                     self.name,
@@ -185,10 +190,18 @@ class Runner:
         """Hold a prediction until the model is loaded (``runtime.wait_for_load``, or a
         model loaded on demand)."""
         p.ctx.stage = "while the model was loading"
+        limit = self.config.runtime.load_wait_s
         while self.state != "ready":  # an unload in between makes a new event to wait on
             if self.state == "failed":
                 raise self._load_failed()
-            await self._done.wait()  # the deadline aborts this wait: 504
+            try:  # the deadline aborts this wait: 504
+                await asyncio.wait_for(self._done.wait(), limit)
+            except asyncio.TimeoutError:
+                raise NotReady(
+                    f"the model is still loading after {limit} s (runtime.load_wait_s); retry "
+                    "when it is ready",
+                    headers={"Retry-After": "1"},
+                ) from None
 
     # endpoints ----------------------------------------------------------------------------
     def endpoint(self, name: str | None) -> EndpointSpec:
@@ -311,7 +324,7 @@ class Runner:
             try:
                 return model.model_validate(payload, context=context)
             except ValidationError as exc:
-                raise pydantic_errors(exc) from None
+                raise pydantic_errors(exc, model=model) from None
 
         if endpoint.has_media:
             p.ctx.stage = "while waiting in the queue"
@@ -398,7 +411,8 @@ class Runner:
         # A thread cannot be stopped: it keeps its slot until it returns, whatever the
         # caller does, so predict_concurrency always bounds what runs.
         work.add_done_callback(self.release)
-        return await _awaited(work)
+        result = await _awaited(work)
+        return await result if inspect.isawaitable(result) else result
 
     async def _invoke(self, call: CallSpec, value: Any, ctx: Any) -> Any:
         """Run one user method outside a slot: awaited if async, else in a worker thread
@@ -521,6 +535,7 @@ class Runner:
         return not self._live
 
     async def wait_idle(self) -> None:
+        """Until no prediction is in flight."""
         await self._idle.wait()
 
     async def unload(self) -> bool:

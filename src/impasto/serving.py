@@ -34,9 +34,12 @@ def build_app(
     package: Package | str | Path | Sequence[Package | str | Path] | ServePlan,
     *,
     on_load_failed: Callable[[], None] | None = None,
+    on_ready: Callable[[Starlette], None] | None = None,
+    ui: bool = False,
 ) -> Starlette:
     """The ASGI app serving one package (a folder or a loaded :class:`Package`), several
-    (the first is the default model) or a :class:`ServePlan` (from models.yaml)."""
+    (the first is the default model) or a :class:`ServePlan` (from models.yaml); ``ui``
+    mounts the playground at ``/ui``."""
     if isinstance(package, ServePlan):
         plan = package
     else:
@@ -46,10 +49,11 @@ def build_app(
     metrics = Metrics()
     runners = [runner_for(pkg, metrics) for pkg in packages]
     raw_keys = plan.api_keys()
-    redactor = plan.redactor()
     settings = ServerSettings(
         on_load_failed=on_load_failed,
-        redact=redactor,
+        on_ready=on_ready,
+        redact=plan.redactor(),
+        ui=ui,
         api_keys=ApiKeys.of(raw_keys, plan.auth_config.open_routes) if raw_keys else None,
         results=plan.results,
     )

@@ -100,6 +100,7 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             default,
             ge=8,
             le=lim.max_side,
+            json_schema_extra={"x-limit": "diffusers.limits.max_side"},
             multiple_of=8,
             description=f"Output {which} in pixels, a multiple of 8 (default: {fallback}).",
             examples=[default or 512],
@@ -116,7 +117,12 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             examples=[42],
         )
         num_inference_steps: int = Field(
-            steps, ge=1, le=lim.max_steps, description="Denoising steps.", examples=[steps]
+            steps,
+            ge=1,
+            le=lim.max_steps,
+            json_schema_extra={"x-limit": "diffusers.limits.max_steps"},
+            description="Denoising steps.",
+            examples=[steps],
         )
 
         @field_validator("height", check_fields=False)
@@ -125,7 +131,8 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             width = info.data.get("width")
             if height is not None and width is not None and width * height > lim.max_pixels:
                 raise ValueError(
-                    f"width*height = {width * height} exceeds the limit of {lim.max_pixels} pixels"
+                    f"width*height = {width * height} exceeds the limit of {lim.max_pixels} "
+                    "pixels (diffusers.limits.max_pixels)"
                 )
             return height
 
@@ -149,12 +156,14 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
         prompt: str = Field(
             ...,
             max_length=lim.max_prompt_chars,
+            json_schema_extra={"x-limit": "diffusers.limits.max_prompt_chars"},
             description="What to draw.",
             examples=["a watercolor painting of a lighthouse at dawn"],
         )
         negative_prompt: str | None = Field(
             None,
             max_length=lim.max_prompt_chars,
+            json_schema_extra={"x-limit": "diffusers.limits.max_prompt_chars"},
             description="What to steer away from.",
             examples=["blurry, low quality"],
         )
@@ -162,13 +171,18 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             guidance,
             ge=0,
             le=lim.max_guidance,
+            json_schema_extra={"x-limit": "diffusers.limits.max_guidance"},
             description="Classifier-free guidance; 1 or less turns it off (faster).",
             examples=[guidance],
         )
         width: int | None = size_field(cfg.default_width, "width")
         height: int | None = size_field(cfg.default_height, "height")
         num_images: int = Field(
-            1, ge=1, le=lim.max_images, description="Images to make from this prompt."
+            1,
+            ge=1,
+            le=lim.max_images,
+            json_schema_extra={"x-limit": "diffusers.limits.max_images"},
+            description="Images to make from this prompt.",
         )
         scheduler: scheduler_type | None = Field(
             None,
@@ -178,6 +192,7 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
         loras: list[LoraInput] = Field(
             default_factory=list,
             max_length=lim.max_loras,
+            json_schema_extra={"x-limit": "diffusers.limits.max_loras"},
             description="LoRA adapters applied to this request only.",
         )
         output_format: Literal["png", "jpeg", "webp"] | None = Field(
@@ -240,7 +255,11 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
         width: int | None = size_field(cfg.default_width, "width", "config, else the image's")
         height: int | None = size_field(cfg.default_height, "height", "config, else the image's")
         num_frames: int | None = Field(
-            None, ge=1, le=lim.max_frames, description="Frames to make (default: the model's)."
+            None,
+            ge=1,
+            le=lim.max_frames,
+            json_schema_extra={"x-limit": "diffusers.limits.max_frames"},
+            description="Frames to make (default: the model's).",
         )
         fps: int = Field(7, ge=1, le=60, description="Frame rate: conditions motion and playback.")
         motion_bucket_id: int = Field(
@@ -253,16 +272,22 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             None,
             ge=1,
             le=lim.max_frames,
+            json_schema_extra={"x-limit": "diffusers.limits.max_frames"},
             description="Frames decoded at once (lower: less memory; default: all).",
         )
         guidance_scale: float = Field(
             video_guidance,
             ge=0,
             le=lim.max_guidance,
+            json_schema_extra={"x-limit": "diffusers.limits.max_guidance"},
             description="Guidance at the last frame (it ramps up from min_guidance_scale).",
         )
         min_guidance_scale: float = Field(
-            1.0, ge=0, le=lim.max_guidance, description="Guidance at the first frame."
+            1.0,
+            ge=0,
+            le=lim.max_guidance,
+            json_schema_extra={"x-limit": "diffusers.limits.max_guidance"},
+            description="Guidance at the first frame.",
         )
         output_format: Literal["mp4", "gif", "webp"] | None = Field(
             None, description="Video encoding (default: media.video_format)."

@@ -294,6 +294,7 @@ def decode_image(
     config: MediaConfig,
     mode: str | None = None,
     budget: DecodeBudget | None = None,
+    content_type: str | None = None,
 ) -> PILImage.Image:
     """Decode one image, refusing it on its header's size before any pixel is decoded."""
     try:
@@ -309,8 +310,24 @@ def decode_image(
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"{field}: {exc}", field=field) from None
+    except PILImage.UnidentifiedImageError:
+        sniffed = sniff_content_type(data)
+        if sniffed and not sniffed.startswith("image/"):
+            what = sniffed  # another kind of media
+        elif content_type and not content_type.startswith("image/"):
+            what = content_type  # what the client said it is
+        else:
+            what = "its bytes are no known image format"
+        raise InputError(f"{field}: not an image ({what})", field=field) from None
     except Exception as exc:  # untrusted bytes: Pillow raises many kinds
-        raise InputError(f"{field}: not a valid image: {exc}", field=field) from None
+        raise InputError(f"{field}: not a valid image: {_reason(exc)}", field=field) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """A decoder's complaint without Python object reprs (``<_io.BytesIO object at ...>``)."""
+    import re
+
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the data", str(exc)) or type(exc).__name__
 
 
 _ANIMATED = ("image/gif", "image/webp", "image/png")
@@ -328,7 +345,7 @@ def decode_video(
     except ImpastoError:
         raise
     except Exception as exc:  # untrusted bytes: FFmpeg and Pillow raise many kinds
-        raise InputError(f"{field}: not a valid video: {exc}", field=field) from None
+        raise InputError(f"{field}: not a valid video: {_reason(exc)}", field=field) from None
 
 
 def _too_many_frames(count: int, field: str, config: MediaConfig) -> None:
@@ -389,7 +406,7 @@ def decode_audio(
     except ImpastoError:
         raise
     except Exception as exc:  # untrusted bytes
-        raise InputError(f"{field}: not a valid audio file: {exc}", field=field) from None
+        raise InputError(f"{field}: not a valid audio file: {_reason(exc)}", field=field) from None
     if not (content_type or "").startswith("audio/"):
         content_type = next((_AUDIO_TYPES[n] for n in names if n in _AUDIO_TYPES), None) or (
             content_type or "application/octet-stream"

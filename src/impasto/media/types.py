@@ -123,8 +123,15 @@ class _ImageField:
     ) -> PILImage.Image:
         if isinstance(value, PILImage.Image):  # built in Python (an output), not client data
             return value if self.mode in (None, value.mode) else value.convert(self.mode)
-        data, _ = load_bytes(value, field=field, config=config)
-        return decode_image(data, field=field, config=config, mode=self.mode, budget=budget)
+        data, content_type = load_bytes(value, field=field, config=config)
+        return decode_image(
+            data,
+            field=field,
+            config=config,
+            mode=self.mode,
+            budget=budget,
+            content_type=content_type,
+        )
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .. import __version__, logs
 from ..errors import ImpastoError
@@ -25,7 +26,7 @@ from .dialects import shared_routes
 from .errors import http_error, impasto_error, unhandled_error
 from .health import health_routes
 from .middleware import RequestIdMiddleware
-from .openapi import DOCS_HTML, build_openapi
+from .openapi import DOCS_HTML, build_openapi, docs_assets
 from .registry import Models
 from .responses import FastJSONResponse
 from .results import ResultsConfig
@@ -39,6 +40,7 @@ class ServerSettings:
 
     model_name: str | None = None  # the title of the API docs (default: the default model)
     on_load_failed: Callable[[], None] | None = None
+    on_ready: Callable[[Starlette], None] | None = None  # once every model has loaded
     extra_routes: tuple[BaseRoute, ...] = ()
     # More protocols: each is called with the CallPath and gives ``routes()`` and optionally
     # ``claims()`` on shared paths (see docs/architecture.md); after impasto's own.
@@ -46,6 +48,7 @@ class ServerSettings:
     redact: Callable[[str], str] | None = None  # secrets scrubbed from every log record
     api_keys: ApiKeys | None = None  # keys every protocol's routes require (None: open)
     results: ResultsConfig = field(default_factory=ResultsConfig)  # results served by URL
+    ui: bool = False  # the playground at /ui (impasto.ui; needs the ui extra)
 
 
 def create_app(
@@ -65,7 +68,15 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         undo = logs.install(settings.redact)
         callback = settings.on_load_failed
-        registry.start(None if callback is None else lambda r: None if r.ready else callback())
+
+        def loaded(runner: Runner) -> None:
+            if not runner.ready:
+                if callback is not None:
+                    callback()
+            elif settings.on_ready is not None and all(registry.available(r) for r in registry):
+                settings.on_ready(app)  # every model that loads at start has
+
+        registry.start(loaded)
         try:
             yield
         finally:
@@ -79,6 +90,8 @@ def create_app(
     async def openapi(request: Request) -> Response:
         if not openapi_body:  # built once, on first use
             doc = build_openapi(registry, title, __version__)
+            for adapter in adapters:  # each may describe its own routes
+                getattr(adapter, "extend_openapi", lambda doc: None)(doc)
             openapi_body.append(FastJSONResponse(doc).body)
         return Response(openapi_body[0], media_type="application/json")
 
@@ -104,6 +117,7 @@ def create_app(
         *health,
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
+        Mount("/docs/assets", StaticFiles(directory=docs_assets()), name="docs-assets"),
         Route("/metrics", metrics_route, methods=["GET"]),
         *(route for adapter in adapters for route in adapter.routes()),
         *settings.extra_routes,
@@ -112,7 +126,12 @@ def create_app(
     if settings.api_keys:
         owners = [a.unauthorized for a in adapters if hasattr(a, "unauthorized")]
         middleware.append(
-            Middleware(ApiKeyMiddleware, keys=settings.api_keys, unauthorized=_first(owners))
+            Middleware(
+                ApiKeyMiddleware,
+                keys=settings.api_keys,
+                unauthorized=_first(owners),
+                checks_its_own=("/ui",) if settings.ui else (),  # the page asks for the key
+            )
         )
     app = Starlette(
         routes=routes,
@@ -128,6 +147,10 @@ def create_app(
     app.state.runner = registry.default
     app.state.callpath = callpath
     app.state.settings = settings
+    if settings.ui:  # imported only when on: Gradio is heavy
+        from ..ui import mount_ui
+
+        mount_ui(app, registry, auth=getattr(settings, "api_keys", None))
     return app
 
 

@@ -90,14 +90,22 @@ def _pattern(route: str) -> re.Pattern[str]:
 class ApiKeyMiddleware:
     """Refuse requests without a valid key, except GET/HEAD on the open routes."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, unauthorized: Unauthorized) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: ApiKeys,
+        unauthorized: Unauthorized,
+        checks_its_own: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.keys = keys
         self.unauthorized = unauthorized
         self.open = [_pattern(route) for route in keys.open_routes]
+        # path prefixes whose app asks for the key itself (the playground's page)
+        self.own = tuple(checks_its_own)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys:
+        if scope["type"] != "http" or not self.keys or _under(scope["path"], self.own):
             await self.app(scope, receive, send)
             return
         if scope["method"] in ("GET", "HEAD") and any(p.match(scope["path"]) for p in self.open):
@@ -117,6 +125,10 @@ class ApiKeyMiddleware:
         response = self.unauthorized(scope, message + hint)
         response.headers.setdefault("WWW-Authenticate", "Bearer")
         await response(scope, receive, send)
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
 def presented_key(scope: Scope) -> str | None:

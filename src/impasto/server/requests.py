@@ -226,12 +226,24 @@ def output_prefs(
             quality = _quality(quality)
             if quality is None:
                 raise MalformedInput("quality must be an integer from 1 to 100", field="quality")
+    return prefs_from(payload, fields, accept=header(request, b"accept"), fmt=fmt, quality=quality)
+
+
+def prefs_from(
+    payload: Any,
+    fields: Collection[str] | None = None,
+    *,
+    accept: str | None = None,
+    fmt: Any = None,
+    quality: Any = None,
+) -> OutputPrefs:
+    """Output preferences from a payload's ``output_format``/``quality`` (where the schema
+    has them) over explicit ones; what every route and ``impasto predict`` share."""
     if isinstance(payload, dict) and ("output_format" in payload or "quality" in payload):
         mine = {k: payload.get(k) for k in _PREFS if fields is None or k in fields}
         given = mine.get("output_format")
         fmt = fmt or (given if isinstance(given, str) else None)
         quality = quality or _quality(mine.get("quality"))
-    accept = header(request, b"accept")
     if accept is None and fmt is None and quality is None:
         return _NO_PREFS
     return OutputPrefs(accept=accept, format=str(fmt).lower() if fmt else None, quality=quality)

@@ -17,10 +17,10 @@ import orjson
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from ..accept import wants
+from ..accept import ranges, wants
 from ..config import MediaConfig
 from ..context import OutputPrefs
-from ..errors import ImpastoError, ModelError
+from ..errors import ImpastoError, ModelError, NotAcceptable
 from ..media import (
     Audio,
     File,
@@ -84,8 +84,35 @@ def _media_kind(value: Any) -> str:
     return "video" if isinstance(value, Video) else "image"
 
 
-def _encode_response(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Response:
-    """Runs in a worker thread: pick raw bytes, multipart or JSON and encode once."""
+def accepts_json(accept: str | None) -> bool:
+    """Whether a JSON body satisfies ``accept`` (no header, ``*/*``, a JSON type...)."""
+    if not accept:
+        return True
+    return any(
+        r in ("*/*", "application/*", "application/json") or r.endswith("+json")
+        for r in ranges(accept)
+    )
+
+
+def _not_acceptable(result: Any, found: list[Any], prefs: OutputPrefs) -> NotAcceptable:
+    offers = ["application/json"]
+    if len(found) == 1:
+        kind = _media_kind(found[0])
+        offers += {
+            "image": ["image/png", "image/jpeg", "image/webp"],
+            "video": ["video/mp4", "image/gif", "image/webp"],
+        }.get(kind, [str(getattr(found[0], "content_type", "application/octet-stream"))])
+    elif len(found) > 1:
+        offers.append(f"multipart/mixed (its {len(found)} media)")
+    return NotAcceptable(
+        f"Accept: {prefs.accept} cannot be met: this result can be sent as {', '.join(offers)}",
+        field="accept",
+    )
+
+
+def encode_result(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Response:
+    """Pick raw bytes, multipart or JSON by ``prefs`` and encode once (in a worker thread on
+    the server; ``impasto predict`` calls it directly). 406 when Accept rules out them all."""
     found = find_media(result)
     if len(found) == 1:
         value = found[0]
@@ -99,6 +126,8 @@ def _encode_response(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Res
         parts = [encode(v, format=prefs.format, quality=prefs.quality, config=media) for v in found]
         body, ctype = encode_multipart(parts, boundary=uuid.uuid4().hex)
         return Response(body, media_type=ctype)
+    if not accepts_json(prefs.accept):
+        raise _not_acceptable(result, found, prefs)
     started = time.perf_counter()
     body = to_jsonable(result, format=prefs.format, quality=prefs.quality, config=media)
     if isinstance(body, dict) and isinstance(body.get("timings"), dict):
@@ -151,11 +180,12 @@ async def render(
         return result
     started = time.perf_counter()
     try:
-        if (isinstance(result, str) and len(result) < 4096) or _small_plain(result):
+        plain = (isinstance(result, str) and len(result) < 4096) or _small_plain(result)
+        if plain and (prefs.accept is None or accepts_json(prefs.accept)):
             # nothing to encode: no thread hop, no media walk
             response: Response = _JSONBytes(fast_dumps(result))
         else:
-            response = await anyio.to_thread.run_sync(_encode_response, result, prefs, media)
+            response = await anyio.to_thread.run_sync(encode_result, result, prefs, media)
     except (TypeError, ValueError) as exc:
         raise unencodable(result, exc) from None
     if timings:
@@ -204,6 +234,16 @@ async def encoded_chunk(chunk: Any, media: MediaConfig) -> bytes:
     if isinstance(chunk, bytes | bytearray | memoryview | str) or _small_plain(chunk):
         return chunk_bytes(chunk, media)
     return await anyio.to_thread.run_sync(chunk_bytes, chunk, media)
+
+
+def raw_stream(chunks: Any, media: MediaConfig) -> StreamingResponse:
+    """A streaming endpoint's chunks as raw bytes (text as is, anything else a JSON line)."""
+
+    async def raw() -> Any:
+        async for chunk in chunks:
+            yield await encoded_chunk(chunk, media)
+
+    return StreamingResponse(raw(), media_type="application/octet-stream")
 
 
 def sse_data(data: bytes) -> bytes:

@@ -15,13 +15,15 @@ from typing import Any
 from .cog import CogAdapter
 from .kserve_v1 import KServeV1Adapter
 from .native import NativeAdapter
+from .octoai import OctoAIAdapter
 from .oip import OIPAdapter
 from .openai import OpenAIAdapter
+from .sagemaker import SageMakerAdapter
 
 
 def protocol_adapters() -> list[Callable[[Any], Any]]:
     """The protocol adapters every server serves, after impasto's own."""
-    return [OpenAIAdapter, OIPAdapter, KServeV1Adapter, CogAdapter]
+    return [SageMakerAdapter, OctoAIAdapter, OpenAIAdapter, OIPAdapter, KServeV1Adapter, CogAdapter]
 
 
 __all__ = ["NativeAdapter", "protocol_adapters"]

@@ -81,3 +81,14 @@ class Model:
     @impasto.endpoint(name="typed_context")
     def typed_context(self, context: str, ctx: int = 1) -> dict:
         return {"context": context, "ctx": ctx}
+
+    @impasto.endpoint(name="long")
+    def long(self, n: int = 1000, context=None) -> dict:
+        """A long generation: n steps of 20 ms, each checking for cancellation."""
+        import time
+
+        for i in range(n):
+            context.check()
+            time.sleep(0.02)
+            context.progress(i + 1, n)
+        return {"steps": n}
