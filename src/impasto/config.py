@@ -99,6 +99,12 @@ class Runtime(_Section):
     max_log_bytes: int = Field(
         64 * 1024, ge=0, description="Log lines kept per prediction (oldest dropped first)."
     )
+    max_request_items: int = Field(
+        16,
+        ge=1,
+        description="Inputs one request may carry (KServe `instances`, a tensor batch, OpenAI "
+        "`image[]`); each is its own prediction (400 beyond).",
+    )
     shutdown_grace_s: float = Field(
         25,
         ge=0,
@@ -227,6 +233,37 @@ class DiffusersConfig(_Section):
     preview_every: int = Field(0, ge=0, description="Send a preview image every N steps over SSE.")
 
 
+# Health, readiness and metrics routes of every protocol: answered without a key so probes
+# keep working when API keys are on. ``*`` stands for one path segment; GET and HEAD only.
+OPEN_ROUTES = (
+    "/",
+    "/health/*",
+    "/ping",
+    "/healthcheck",
+    "/health-check",
+    "/models/*/health-check",
+    "/v1/models/*",
+    "/v1/models/*/loaded",
+    "/v2/health/*",
+    "/v2/models/*/ready",
+    "/v2/models/*/versions/*/ready",
+    "/v1/images/results/*",
+    "/metrics",
+)
+
+
+class AuthConfig(_Section):
+    """API keys on every protocol. The keys themselves are never written here: they come
+    from the secret ``api_keys`` (the secrets folder, or ``IMPASTO_SECRET_API_KEYS``) or
+    ``IMPASTO_API_KEYS``, comma-separated so they can rotate; with none, auth is off."""
+
+    open_routes: list[str] = Field(
+        default_factory=lambda: list(OPEN_ROUTES),
+        description="GET/HEAD paths answered without a key (`*`: one path segment).",
+    )
+    secret: str = Field("api_keys", description="The secret holding the comma-separated keys.")
+
+
 class UIConfig(_Section):
     """The playground at ``/ui`` (needs ``pip install 'impasto[ui]'``)."""
 
@@ -274,6 +311,7 @@ class PackageConfig(_Section):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     diffusers: DiffusersConfig | None = None
     secrets_dir: str | None = Field(None, description="Folder of secret files (default /secrets).")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
 
     @field_validator("ui", mode="before")
@@ -314,7 +352,7 @@ class PackageConfig(_Section):
         """Each unknown key (dotted path) with the closest key its section knows, if any."""
         sections: list[tuple[str, BaseModel]] = [("", self)]
         sections += [
-            (f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching", "ui")
+            (f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching", "ui", "auth")
         ]
         sections.append(("media.", self.media))
         if self.diffusers is not None:
@@ -371,12 +409,28 @@ def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") ->
     return config
 
 
-def load_config(path: Path) -> PackageConfig:
-    """Read and validate ``config.yaml`` (a missing file means all defaults)."""
-    if not path.exists():
-        return parse_config({}, source=str(path))
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PackageConfig:
+    """Read and validate ``config.yaml`` (a missing file means all defaults), with
+    ``overrides`` (e.g. a models.yaml entry's) merged over it key by key."""
+    data: Any = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = deep_merge(data, overrides)
     return parse_config(data, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

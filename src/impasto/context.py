@@ -25,11 +25,13 @@ REASONS = ("timeout", "disconnected", "shutdown", "canceled")
 
 @dataclass(frozen=True)
 class OutputPrefs:
-    """What the client asked of the response: media format and quality, and its Accept header."""
+    """What the client asked of the response: media format and quality, its Accept header,
+    and how many step previews it wants over the run (0: the package's own setting)."""
 
     accept: str | None = None
     format: str | None = None
     quality: int | None = None
+    previews: int = 0
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .config import PackageConfig, load_config
+from .config import PackageConfig, deep_merge, load_config, parse_config
 from .environment import Environment
 from .errors import ConfigError, NotFound, PackageError
 from .formats import detect_format
@@ -128,14 +128,21 @@ def load_examples(path: Path) -> list[Example]:
 
 
 def load_package(
-    path: str | Path, *, environment: str | None = None, secrets_dir: str | Path | None = None
+    path: str | Path,
+    *,
+    environment: str | None = None,
+    secrets_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Package:
-    """Read a package folder and inspect its model class (does not build or load the model)."""
+    """Read a package folder and inspect its model class (does not build or load the model);
+    ``overrides`` are merged over its config.yaml (a models.yaml entry's name and settings)."""
     root = Path(path).resolve()
     if not root.is_dir():
         raise PackageError(f"{root} is not a folder; pass the package folder (with config.yaml)")
     fmt = detect_format(root)
-    config = fmt.config(root) if fmt else load_config(root / "config.yaml")
+    config = fmt.config(root) if fmt else load_config(root / "config.yaml", overrides)
+    if fmt and overrides:
+        config = parse_config(deep_merge(config.model_dump(mode="python"), overrides))
     with package_scope(root, config):
         cls = fmt.model_class(root, config) if fmt else _model_class(root, config)
         spec = inspect_model(cls, config.endpoints)

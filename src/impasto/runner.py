@@ -86,10 +86,17 @@ class Runner:
         self._scope = scope or contextlib.nullcontext
         self._served = contextlib.ExitStack()  # the package's scope while this runner serves
         self.model: Any = None
-        self.state = "pending"  # pending -> loading -> ready | failed
+        # pending -> loading -> ready | failed; ready -> unloading -> unloaded -> loading...
+        self.state = "pending"
         self.load_error: str | None = None
         self.load_seconds: float | None = None
+        self.load_started_at: float | None = None  # wall-clock times of the last load
+        self.load_completed_at: float | None = None
         self.closing = False
+        # Set by a registry that loads this model on demand (lazy loading, eviction): called
+        # at admission while the model is not loaded; the request then waits for the load.
+        self.on_demand: Callable[[Runner], None] | None = None
+        self.last_used = 0.0  # monotonic time of the last admission (least recently used)
         self._done = asyncio.Event()
         rt = config.runtime
         self._slots = Slots(rt.predict_concurrency)
@@ -126,10 +133,12 @@ class Runner:
 
     async def load(self) -> bool:
         """Instantiate the model and run its ``load()`` once; True when it is ready."""
-        if self.state != "pending":
+        if self.state not in ("pending", "unloaded"):
             await self._done.wait()
             return self.state == "ready"
         self.state = "loading"
+        self.load_started_at = time.time()
+        self.load_completed_at = None
         started = time.monotonic()
         timeout = self.config.runtime.load_timeout_s
         try:
@@ -146,6 +155,7 @@ class Runner:
                 await asyncio.wait_for(work, timeout) if timeout else await work
         except BaseException as exc:
             self.state = "failed"
+            self.load_completed_at = time.time()
             if isinstance(exc, asyncio.TimeoutError) and _deadline_hit(exc):
                 self.load_error = (
                     f"load() did not finish within {timeout} s (runtime.load_timeout_s)"
@@ -169,6 +179,7 @@ class Runner:
                 raise
             return False
         self.load_seconds = time.monotonic() - started
+        self.load_completed_at = time.time()
         self.state = "ready"
         log.info("model %s loaded in %.2f s", self.name, self.load_seconds)
         self._done.set()
@@ -204,19 +215,21 @@ class Runner:
         return NotReady(f"the model failed to load ({self.load_error}); see the server log")
 
     async def _wait_loaded(self, p: Prediction) -> None:
-        """Hold a prediction until the model is loaded (``runtime.wait_for_load``)."""
+        """Hold a prediction until the model is loaded (``runtime.wait_for_load``, or a
+        model loaded on demand)."""
         p.ctx.stage = "while the model was loading"
         limit = self.config.runtime.load_wait_s
-        try:  # the deadline aborts this wait: 504
-            await asyncio.wait_for(self._done.wait(), limit)
-        except asyncio.TimeoutError:
-            raise NotReady(
-                f"the model is still loading after {limit} s (runtime.load_wait_s); retry "
-                "when it is ready",
-                headers={"Retry-After": "1"},
-            ) from None
-        if self.state == "failed":
-            raise self._load_failed()
+        while self.state != "ready":  # an unload in between makes a new event to wait on
+            if self.state == "failed":
+                raise self._load_failed()
+            try:  # the deadline aborts this wait: 504
+                await asyncio.wait_for(self._done.wait(), limit)
+            except asyncio.TimeoutError:
+                raise NotReady(
+                    f"the model is still loading after {limit} s (runtime.load_wait_s); retry "
+                    "when it is ready",
+                    headers={"Retry-After": "1"},
+                ) from None
 
     # endpoints ----------------------------------------------------------------------------
     def endpoint(self, name: str | None) -> EndpointSpec:
@@ -258,7 +271,10 @@ class Runner:
         if self.state != "ready":
             if self.state == "failed":
                 raise self._load_failed()
-            if not self.config.runtime.wait_for_load:
+            if self.on_demand is not None:
+                if self.state in ("pending", "unloaded", "unloading"):
+                    self.on_demand(self)  # loads it (after evicting another, if need be)
+            elif not self.config.runtime.wait_for_load:
                 raise NotReady(
                     "the model is still loading; retry when GET /health/ready answers 200",
                     headers={"Retry-After": "1"},
@@ -282,6 +298,7 @@ class Runner:
             max_log_bytes=rt.max_log_bytes,
         )
         p.set_deadline(rt.predict_timeout_s)
+        self.last_used = ctx.created
         self._live.add(p)
         self._idle.clear()
         self._set_queued(+1)
@@ -582,9 +599,45 @@ class Runner:
             "batch_pending": {name: b.pending for name, b in self._batchers.items()},
         }
 
+    @property
+    def idle(self) -> bool:
+        """No prediction in flight: nothing pins the loaded model."""
+        return not self._live
+
     async def wait_idle(self) -> None:
         """Until no prediction is in flight."""
         await self._idle.wait()
+
+    async def unload(self) -> bool:
+        """Drop the loaded model so that its memory can go to another (least recently used
+        eviction); it loads again on its next request. Only an idle model is unloaded (False
+        otherwise): in-flight predictions pin it. A request admitted meanwhile waits for the
+        reload. The model's own ``unload()``, if it has one, runs first."""
+        if self.state != "ready" or self._live or self.closing:
+            return False
+        self.state = "unloading"
+        self._done = asyncio.Event()  # what requests admitted from now on wait for
+        size = self.config.runtime.predict_concurrency
+        for _ in range(size):  # a thread abandoned by its prediction keeps its slot
+            await self._slots.acquire()
+        for _ in range(size):
+            self._slots.release()
+        model, self.model = self.model, None
+        try:
+            if callable(getattr(model, "unload", None)):
+                await self._thread(model.unload)
+        except Exception:
+            log.exception("model %s: unload() raised; dropping it anyway", self.name)
+        finally:
+            del model
+            self._served.close()
+            self._served = contextlib.ExitStack()
+            self._load_task = None
+            self.load_seconds = None
+            self.state = "unloaded"
+            _free_memory()
+        log.info("model %s unloaded", self.name)
+        return True
 
     def stop_admitting(self) -> None:
         """From now on ``admit`` answers 503 ``shutting_down``; in-flight work goes on."""
@@ -663,6 +716,17 @@ async def aborts_as_errors(p: Prediction) -> AsyncIterator[None]:
             raise
         uncancel()
         raise p.ctx.error() from None
+
+
+def _free_memory() -> None:
+    """Give an unloaded model's memory back: Python's, and the GPU cache when torch is in."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _deadline_hit(exc: BaseException) -> bool:

@@ -281,6 +281,8 @@ def inspect_call(
     if not data_params and not stage:
         raise PackageError(f"{where} must take an input argument")
     ret = hints.get("return")
+    if list_input and typing.get_origin(ret) is list and typing.get_args(ret):
+        ret = typing.get_args(ret)[0]  # a batch method returns one output per input
     output_model = ret if _is_model_type(ret) else None
     style, input_model = "raw", None
     if not data_params:
