@@ -281,13 +281,8 @@ class DiffusersModel:
             assert self.loras is not None
             with self.loras.applied(loras):
                 started = time.perf_counter()
-                try:
-                    with torch.inference_mode():
-                        out = pipe(**call)
-                except ImpastoError:
-                    raise
-                except ValueError as exc:  # diffusers' own input checks
-                    raise InputError(f"{task}: {exc}") from None
+                with torch.inference_mode():
+                    out = pipe(**call)  # its own errors are the model's (500), never a 422
                 return out, pipe, time.perf_counter() - started
 
     def _size(self, pset: PipelineSet, inp: Any) -> tuple[int, int]:
