@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scenes import SIZE, WORDS, draw, random_scene
+from scenes import BACKGROUNDS, COLORS, SIZE, WORDS, Scene, draw, random_scene
 
 LATENT = SIZE // 4
 """Latent side: the VAE has three blocks, so it halves the image side twice."""
@@ -63,13 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uncond", type=float, default=0.1, help="share of empty prompts (for CFG)")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--vae", type=Path, default=None, help="reuse this trained VAE folder")
+    p.add_argument(
+        "--unet", type=Path, default=None,
+        help="reuse the UNet and text encoder of this trained pipeline folder (trains the VAE)",
+    )  # fmt: skip
     p.add_argument("--save-at", default="", help="also save the pipeline at these UNet steps")
     p.add_argument(
         "--quick", action="store_true", help="a few steps on a few scenes (a smoke test)"
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.images, args.vae_steps, args.unet_steps, args.log_every = 256, 40, 60, 10
+        args.images, args.log_every = 128, 6
+        args.vae_steps, args.vae_batch, args.unet_steps, args.unet_batch = 24, 8, 30, 16
     return args
 
 
@@ -106,12 +111,14 @@ def build_vae() -> Any:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=[16, 32, 64],
+        block_out_channels=[8, 16, 32],
         down_block_types=["DownEncoderBlock2D"] * 3,
         up_block_types=["UpDecoderBlock2D"] * 3,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        # One group: a normalization per channel would throw away the absolute level of each
+        # color channel, and with it which color a flat region has.
+        norm_num_groups=1,
         scaling_factor=1.0,  # the latents are normalized already
         sample_size=SIZE,
         mid_block_add_attention=False,  # convolutions see far enough at this size
@@ -125,7 +132,7 @@ def build_unet() -> Any:
         sample_size=LATENT,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64, 96),
+        block_out_channels=(32, 64, 64),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -159,17 +166,17 @@ def build_scheduler() -> Any:
 # -- data --------------------------------------------------------------------------------------
 
 
-def make_dataset(n: int, seed: int, tok: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """``n`` scenes as uint8 images (n, 3, SIZE, SIZE), token ids (n, 77) and prompts."""
+def make_dataset(n: int, seed: int, tok: Any) -> tuple[torch.Tensor, torch.Tensor, list[Scene]]:
+    """``n`` scenes as uint8 images (n, 3, SIZE, SIZE), token ids (n, 77) and the scenes."""
     rng = random.Random(seed)
     images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
-    prompts = []
+    drawn = []
     for i in range(n):
         scene = random_scene(rng)
         images[i] = np.asarray(draw(scene, rng))
-        prompts.append(scene.prompt)
-    ids = tokenize(tok, prompts)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), ids, prompts
+        drawn.append(scene)
+    ids = tokenize(tok, [scene.prompt for scene in drawn])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), ids, drawn
 
 
 def tokenize(tok: Any, prompts: list[str]) -> torch.Tensor:
@@ -230,17 +237,38 @@ class Log:
 # -- training ----------------------------------------------------------------------------------
 
 
-def latent_targets(images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """The latents the VAE is taught: each 4x4 pixel block's mean color, normalized per
-    channel over the dataset, plus a fourth channel of zeros (Stable Diffusion's UNet and
-    inpainting expect four). A latent is then a small picture, which both the decoder and
-    the UNet learn far faster than a free code."""
-    pooled = torch.cat([F.avg_pool2d(to_unit(images[i : i + batch]), 4)
-                        for i in range(0, len(images), batch)])  # fmt: skip
+SHAPE_CODES = {"circle": -2.0, "square": -1.0, "triangle": 1.0, "diamond": 2.0}
+"""The value the fourth latent channel takes inside a shape of each kind."""
+
+
+def coverage(images: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
+    """How much of each pixel the shapes cover (0..1, antialiased edges in between): the
+    pixel's position on the line from the background color to the shape color."""
+    fg = torch.tensor([COLORS[s.color] for s in scenes], dtype=torch.float32)[:, :, None, None]
+    bg = torch.tensor([BACKGROUNDS[s.background] for s in scenes], dtype=torch.float32)
+    bg = bg[:, :, None, None]
+    d = fg - bg
+    share = ((images.float() - bg) * d).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True)
+    return share.clamp(0.0, 1.0)
+
+
+def latent_targets(images: torch.Tensor, scenes: list[Scene], batch: int = 1024) -> torch.Tensor:
+    """The latents the VAE is taught, a small picture rather than a free code, which both
+    the decoder and the UNet learn far faster: the first three channels are each 4x4 pixel
+    block's mean color, the fourth is the share of the block the shapes cover times a value
+    that names the shape (``SHAPE_CODES``). The shape is then a property of a region, like
+    its color, which the UNet learns from the prompt as easily as the color; the decoder
+    learns to draw that shape crisply where the blob is. Normalized per channel."""
+    parts = []
+    for i in range(0, len(images), batch):
+        chunk, drawn = images[i : i + batch], scenes[i : i + batch]
+        codes = torch.tensor([SHAPE_CODES[s.shape] for s in drawn])[:, None, None, None]
+        parts.append(torch.cat([F.avg_pool2d(to_unit(chunk), 4),
+                                F.avg_pool2d(coverage(chunk, drawn), 4) * codes], dim=1))  # fmt: skip
+    pooled = torch.cat(parts)
     mean = pooled.mean(dim=(0, 2, 3), keepdim=True)
     std = pooled.std(dim=(0, 2, 3), keepdim=True)
-    zeros = torch.zeros_like(pooled[:, :1])
-    return torch.cat([(pooled - mean) / std, zeros], dim=1)
+    return (pooled - mean) / std
 
 
 def train_vae(
@@ -266,7 +294,7 @@ def train_vae(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        log.add(step, float(loss))
+        log.add(step, loss.item())
     with torch.no_grad():  # the encoder is deterministic: its log-variance is a constant -20
         vae.quant_conv.weight[4:] = 0.0
         vae.quant_conv.bias[4:] = -20.0
@@ -324,7 +352,7 @@ def train_unet(
         with torch.no_grad():
             for e, p in zip(ema_params, params, strict=True):
                 e.lerp_(p, 1 - decay)
-        log.add(step, float(loss))
+        log.add(step, loss.item())
         if checkpoint is not None:
             checkpoint(step + 1, ema_unet, ema_text)
     return log, ema_unet, ema_text
@@ -374,12 +402,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall, cpu = time.perf_counter(), time.process_time()
 
     tok = build_tokenizer()
-    images, ids, _ = make_dataset(args.images, args.seed, tok)
+    images, ids, drawn = make_dataset(args.images, args.seed, tok)
     empty_ids = tokenize(tok, [""])
     print(f"dataset: {len(images)} scenes in {time.perf_counter() - wall:.0f} s", flush=True)
 
     torch.manual_seed(args.seed)
-    latents = latent_targets(images)
+    latents = latent_targets(images, drawn)
     if args.vae:
         from diffusers import AutoencoderKL
 
@@ -387,6 +415,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         vae = build_vae()
         vae_log = train_vae(vae, images, latents, args, gen)
+        # Written now, so it can be checked (or reused with --vae) while the UNet trains.
+        copy.deepcopy(vae).to(torch.float16).save_pretrained(args.out / "vae")
 
     torch.manual_seed(args.seed + 1)
     unet, text_encoder, scheduler = build_unet(), build_text_encoder(tok), build_scheduler()
@@ -398,9 +428,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parts = {"unet": ema_unet, "vae": vae, "text_encoder": ema_text}
             save_pipeline(out, {**parts, "tokenizer": tok, "scheduler": scheduler})
 
-    unet_log, ema_unet, ema_text = train_unet(
-        unet, text_encoder, scheduler, latents, ids, empty_ids, args, gen, checkpoint
-    )
+    if args.unet:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet_log = None
+        ema_unet = UNet2DConditionModel.from_pretrained(
+            args.unet / "unet", torch_dtype=torch.float32
+        )
+        ema_text = CLIPTextModel.from_pretrained(args.unet / "text_encoder")
+    else:
+        unet_log, ema_unet, ema_text = train_unet(
+            unet, text_encoder, scheduler, latents, ids, empty_ids, args, gen, checkpoint
+        )
 
     save_pipeline(
         args.out,
@@ -416,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
         },
         "vae_loss": vae_log.points if vae_log else None,
-        "unet_loss": unet_log.points,
+        "unet_loss": unet_log.points if unet_log else None,
         "wall_seconds": round(time.perf_counter() - wall, 1),
         "cpu_seconds": round(time.process_time() - cpu, 1),
     }
