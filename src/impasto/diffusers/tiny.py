@@ -12,6 +12,7 @@ serves text2img, img2img and inpaint.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,7 +81,7 @@ def tiny_tokenizer(words: Sequence[str] = _WORDS) -> Any:
 def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Byte-pair encoding: merge the best-ranked adjacent pair until none is known."""
     while len(pieces) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), pair) for pair in zip(pieces, pieces[1:])]
+        pairs = [(ranks.get(pair, len(ranks)), pair) for pair in itertools.pairwise(pieces)]
         rank, best = min(pairs)
         if rank == len(ranks):
             break
