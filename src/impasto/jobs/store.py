@@ -330,6 +330,7 @@ class SQLJobStore:
         output: Any = None,
         error: str | None = None,
         logs: str | None = None,
+        progress: tuple[int, int] | None = None,
         now: float,
     ) -> Job | None:
         """End ``worker``'s ``attempt`` of a job with ``status`` (terminal); None when it is
@@ -343,6 +344,8 @@ class SQLJobStore:
             values: dict[str, Any] = {"output": _dumps(output), "error": error}
             if logs is not None:
                 values["logs"] = logs
+            if progress is not None:
+                values.update(progress_step=progress[0], progress_total=progress[1])
             self._end(conn, job, status, now, outcome=status, attempt_error=error, **values)
         return self.get(ident)
 
@@ -394,6 +397,7 @@ class SQLJobStore:
                 status="queued",
                 worker=None,
                 lease_until=None,
+                started_at=None,
                 attempt_log=_dumps(attempts),
                 logs=logs,
                 progress_step=None,

@@ -133,9 +133,7 @@ def prediction_body(
     return body
 
 
-def cog_output(
-    result: Any, media: MediaConfig, uri: Callable[[Any], str] | None = None
-) -> Any:
+def cog_output(result: Any, media: MediaConfig, uri: Callable[[Any], str] | None = None) -> Any:
     """A result as Cog writes it: media as ``data:`` URIs (or what ``uri`` makes of each:
     a job's stored file); a result holding media (an impasto ImageResult...) as just its
     media, one URI or a list of them."""
@@ -195,8 +193,8 @@ class CogAdapter:
             if jobs is None:
                 body = {
                     "error": "asynchronous predictions (Prefer: respond-async) need impasto's "
-                    "job store, which this server does not run (jobs.enabled is false); send "
-                    "the request without it",
+                    "job store, which this server does not run (install impasto[jobs], and "
+                    "leave jobs.enabled on); send the request without it",
                     "status": "failed",
                 }
                 return FastJSONResponse(body, 501)

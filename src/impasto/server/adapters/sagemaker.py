@@ -58,7 +58,7 @@ _TYPES = {
 _ALIASES = {"num_images_per_prompt": "num_images"}  # diffusers' name -> impasto's field
 
 
-class _Writers:
+class Writers:
     """What both dialects write alike: a result, a stream of chunks (no reader here asks
     for one from a streaming endpoint, which is gathered) and events (never asked for)."""
 
@@ -90,7 +90,7 @@ class _Writers:
         return StreamingResponse(result(), media_type=p.ctx.output.accept or "application/json")
 
 
-class SageMakerAdapter(_Writers):
+class SageMakerAdapter(Writers):
     """The toolkit's ``/invocations`` for SageMaker folders; ``/ping``; the API alias."""
 
     def __init__(self, callpath: CallPath) -> None:
@@ -152,7 +152,7 @@ def toolkit_error(status: int, message: str, headers: dict[str, str] | None = No
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-class InvocationsAdapter(_Writers):
+class InvocationsAdapter(Writers):
     """``/invocations`` for impasto's own packages: JSON onto their endpoints."""
 
     async def invocations(self, request: Request) -> Response:
