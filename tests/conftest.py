@@ -256,3 +256,7 @@ def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
             os.environ["IMPASTO_HOME"] = home
     yield server
     server.stop()
+
+
+# The job tests' shared fixtures: PostgreSQL, S3 on loopback, a webhook receiver.
+from jobs_fixtures import moto_s3, postgres_admin, receiver  # noqa: E402, F401

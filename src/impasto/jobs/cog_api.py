@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .service import Jobs
 
 MAX_PAGE = 1000
+_REQUEST_FIELDS = ("id", "webhook", "webhook_events_filter")
 KEEPALIVE_S = 15.0
 
 
@@ -68,6 +69,8 @@ class CogJobs:
         if isinstance(exc, Overloaded):  # the job queue is full: retry later
             body = {"error": exc.message, "status": "failed"}
             return FastJSONResponse(body, 429, headers=exc.headers)
+        if isinstance(exc, InputError) and exc.field in _REQUEST_FIELDS:  # not in `input`
+            return _detail(["body", exc.field], exc.message.removeprefix(f"{exc.field}: "))
         return self.adapter.write_error(request, exc)
 
     # creating -------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ class Cursor:
         for line in job.logs[self.logs :]:
             self.logs += 1
             frames.append(_frame("log", {"data": line + "\n", "source": "stdout"}, str(self)))
-        if job.progress is not None and job.progress[0] != self.step and not job.done:
+        if job.progress is not None and job.progress[0] != self.step:
             self.step = job.progress[0]
             data = {"step": job.progress[0], "total": job.progress[1]}
             frames.append(_frame("progress", data, str(self)))
