@@ -1,14 +1,20 @@
 """Fixtures for the job tests: a PostgreSQL database per test module, S3 on loopback
 (moto's server), a webhook receiver, and servers with a job store of either kind.
 
-PostgreSQL is reached at ``IMPASTO_TEST_POSTGRES_URL`` (default the local server's
-``postgres`` user, as ``.ci/run`` sets it up); without one the PostgreSQL cases skip, except
-in CI (``IMPASTO_CI=1``), where they fail.
+PostgreSQL is a throwaway cluster of the installed server (Debian's ``postgresql``
+package, which ``.ci/run`` installs) started on 127.0.0.1 for the session, or the server at
+``IMPASTO_TEST_POSTGRES_URL``. Without either the PostgreSQL cases skip, except in CI
+(``IMPASTO_CI=1``), where they fail.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -22,32 +28,137 @@ import yaml
 
 from conftest import PACKAGES, ThreadServer, free_port
 
-PG_URL = os.environ.get(
-    "IMPASTO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
-)
+# A server of your own (the tests create and drop databases on it); default: a throwaway one
+PG_URL: str | None = os.environ.get("IMPASTO_TEST_POSTGRES_URL") or None
 IN_CI = bool(os.environ.get("IMPASTO_CI"))
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
 # PostgreSQL -----------------------------------------------------------------------------------
+def postgres_bindir() -> Path | None:
+    """The newest PostgreSQL server binaries of Debian's packages (``postgresql-NN``), else
+    the ones on PATH."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class LocalPostgres:
+    """A throwaway PostgreSQL cluster: ``initdb`` in a temporary folder, the server on a free
+    port of 127.0.0.1 (trust auth, no fsync: the tests kill impasto, not the database).
+    PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user the
+    Debian package creates."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.user: str | None = None
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            self.user = "postgres"
+        self.root = Path(tempfile.mkdtemp(prefix="impasto-pg-"))
+        self.data = self.root / "data"
+        self.proc: subprocess.Popen | None = None
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run(
+            args, user=self.user, capture_output=True, text=True, cwd=self.root, check=False
+        )
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+    def start(self, timeout: float = 60) -> LocalPostgres:
+        if self.user is not None:
+            shutil.chown(self.root, self.user)
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+            "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C",
+        )  # fmt: skip
+        self._log = (self.root / "postgres.log").open("wb")
+        command = [
+            str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+            "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off",
+            "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            "-c", "max_connections=300",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            command,
+            user=self.user,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited:\n{self.logs()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+                if b"ready to accept connections" in (self.root / "postgres.log").read_bytes():
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres not up after {timeout} s:\n{self.logs()}")
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        return (self.root / "postgres.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close() if hasattr(self, "_log") else None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason}; .ci/run installs PostgreSQL from Debian's packages")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[Any]:
+    """An AUTOCOMMIT engine on a PostgreSQL server the tests may create databases on: the
+    one at ``IMPASTO_TEST_POSTGRES_URL``, else a throwaway cluster of the installed
+    PostgreSQL on 127.0.0.1."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
+    global PG_URL
+    local: LocalPostgres | None = None
+    if PG_URL is None:
+        bindir = postgres_bindir()
+        if bindir is None:
+            _unavailable("no PostgreSQL installed (apt-get install postgresql)")
+        local = LocalPostgres(bindir).start()
+        PG_URL = local.url
     engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
         engine.dispose()
-        reason = f"no PostgreSQL at {PG_URL} ({str(exc.orig).strip().splitlines()[0]})"
-        if IN_CI:
-            pytest.fail(f"{reason}; .ci/run starts one")
-        pytest.skip(f"{reason}; set IMPASTO_TEST_POSTGRES_URL")
+        if local is not None:
+            local.stop()
+        _unavailable(f"no PostgreSQL at {PG_URL} ({str(exc.orig).strip().splitlines()[0]})")
     yield engine
     engine.dispose()
+    if local is not None:
+        local.stop()
 
 
 def new_database(admin: Any) -> Callable[[], None] | Any:
