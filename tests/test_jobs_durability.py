@@ -20,7 +20,14 @@ from collections import Counter
 import pytest
 
 from conftest import PACKAGES, REPO, metric
-from jobs_fixtures import job_settings, store_urls, until, write_models_yaml
+from jobs_fixtures import (
+    job_settings,
+    painter_entry,
+    store_urls,
+    thread_server,
+    until,
+    write_models_yaml,
+)
 
 pytestmark = pytest.mark.timeout(900)
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -242,3 +249,46 @@ def test_canceling_a_diffusers_job_stops_it_within_a_step(three_models):
     assert 2 <= ran < 50, ran  # the server stopped computing well before the last step
     assert final["progress"]["step"] < 50
     client.close()
+
+
+# webhooks across a restart ------------------------------------------------------------------------
+def test_a_restart_resumes_the_delivery_of_a_terminal_webhook(tmp_path, receiver):
+    """The receiver is down while the first server tries; the next server on the same store
+    delivers the same message (same ``webhook-id``), its tries counted across both."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    settings = job_settings(url, tmp_path, webhooks={"timeout_s": 2})
+    models = write_models_yaml(tmp_path, settings, [painter_entry()])
+    name = f"resume-{tmp_path.name}"
+    receiver.fail(name, 10**6)
+    first = thread_server(models, tmp_path / "home")
+    body = {
+        "input": {"prompt": "resume"},
+        "webhook": receiver.url(name),
+        "webhook_events_filter": ["completed"],
+    }
+    r = first.client.post("/predictions", json=body, headers={"Prefer": "respond-async"})
+    job = r.json()
+    receiver.wait(name, lambda calls: len(calls) >= 2)  # refused twice
+    first.stop()
+    receiver.fail(name, 0)
+    second = thread_server(models, tmp_path / "home")
+    try:
+        calls = receiver.wait(name, lambda _: 200 in receiver.answers.get(name, []))
+        store = _store(url)
+        try:
+            delivery = until(lambda: _delivered(store, job["id"]))
+        finally:
+            store.close()
+    finally:
+        second.stop()
+    assert len({headers["webhook-id"] for headers, _ in calls}) == 1
+    answers = receiver.answers[name]
+    assert answers[-1] == 200 and answers.count(200) == 1 and len(answers) >= 3
+    # the first server recorded at least its first try (the second waited for that record);
+    # a try it was making when it stopped may have reached the receiver unrecorded
+    assert 2 <= delivery["attempts"] <= len(answers)
+
+
+def _delivered(store, job_id):
+    [delivery] = store.deliveries_of(job_id)
+    return delivery if delivery["status"] == "delivered" else None
