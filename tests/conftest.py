@@ -247,6 +247,7 @@ def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
     os.environ["IMPASTO_HOME"] = str(root / "home")  # the tiny weights are built there
     try:
         server = ThreadServer(build_app(load_models_file(spec))).start()
+        server.home = root / "home"  # type: ignore[attr-defined]  # tiny-sd's weights
         server.client.timeout = 120
         server.wait_ready(300)
     finally:
@@ -256,3 +257,7 @@ def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
             os.environ["IMPASTO_HOME"] = home
     yield server
     server.stop()
+
+
+# The job tests' shared fixtures: PostgreSQL, S3 on loopback, a webhook receiver.
+from jobs_fixtures import moto_s3, postgres_admin, receiver  # noqa: E402, F401

@@ -23,7 +23,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -220,10 +220,12 @@ class Runner:
         *,
         request_id: str | None = None,
         output: OutputPrefs | None = None,
+        timeout_s: float | Literal["runtime"] | None = "runtime",
     ) -> Prediction:
         """A place in this model's queue, or an error at once: 503 while loading (unless
         ``runtime.wait_for_load``), after a failed load or while shutting down, 429 when full.
-        Nothing about the request has been read yet, so refusing costs nothing."""
+        Nothing about the request has been read yet, so refusing costs nothing. The deadline
+        is ``runtime.predict_timeout_s`` unless ``timeout_s`` says otherwise (a job's own)."""
         if self.closing:
             raise ShuttingDown(
                 "the server is shutting down; retry on another replica",
@@ -249,7 +251,7 @@ class Runner:
             )
         rt = self.config.runtime
         ctx = RequestContext(request_id, output=output)
-        ctx.timeout_s = rt.predict_timeout_s
+        ctx.timeout_s = rt.predict_timeout_s if timeout_s == "runtime" else timeout_s
         p = Prediction(
             ctx,
             model=self.name,
@@ -258,7 +260,7 @@ class Runner:
             on_end=self._ended,
             max_log_bytes=rt.max_log_bytes,
         )
-        p.set_deadline(rt.predict_timeout_s)
+        p.set_deadline(ctx.timeout_s)
         self.last_used = ctx.created
         self._live.add(p)
         self._idle.clear()
@@ -296,10 +298,40 @@ class Runner:
         per input worker) is taken first and held until the prediction ends, so requests
         waiting further back hold their raw bodies, never decoded pixels."""
         endpoint = self.spec.endpoints[p.endpoint]
-        model = endpoint.input_model
-        if model is None:
+        if endpoint.input_model is None:
             p.input = payload
             return payload
+        check = self._checker(endpoint, payload)
+        if endpoint.has_media:
+            p.ctx.stage = "while waiting in the queue"
+            await self._decoding.acquire()  # held until the prediction ends
+            self._decoders.add(p)
+            value = await self.in_input_pool(check)
+        elif (size or 0) > INLINE_VALIDATION_BYTES:
+            value = await self.in_input_pool(check)
+        else:
+            value = check()
+        p.input = value
+        return value
+
+    async def validate(
+        self, endpoint: EndpointSpec, payload: Any, *, size: int | None = None
+    ) -> Any:
+        """Check ``payload`` against ``endpoint``'s input schema without admitting or running
+        anything: a job's input is refused (422) when it is submitted, not when it runs.
+        Media are decoded in the input pool and dropped; the job decodes them again."""
+        if endpoint.input_model is None:
+            return payload
+        check = self._checker(endpoint, payload)
+        if endpoint.has_media or (size or 0) > INLINE_VALIDATION_BYTES:
+            return await self.in_input_pool(check)
+        return check()
+
+    def _checker(self, endpoint: EndpointSpec, payload: Any) -> Callable[[], Any]:
+        """The validation of ``payload`` (raises InputError naming the field), to run where
+        the caller decides."""
+        model = endpoint.input_model
+        assert model is not None
         if not isinstance(payload, dict):
             error = InputError(
                 f"expected a JSON object with the fields of {model.__name__}, "
@@ -320,17 +352,7 @@ class Runner:
             except ValidationError as exc:
                 raise pydantic_errors(exc, model=model) from None
 
-        if endpoint.has_media:
-            p.ctx.stage = "while waiting in the queue"
-            await self._decoding.acquire()  # held until the prediction ends
-            self._decoders.add(p)
-            value = await self.in_input_pool(check)
-        elif (size or 0) > INLINE_VALIDATION_BYTES:
-            value = await self.in_input_pool(check)
-        else:
-            value = check()
-        p.input = value
-        return value
+        return check
 
     async def in_input_pool(self, fn: Callable[[], Any]) -> Any:
         """Run input work (parsing, fetching, decoding) in the bounded input pool."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 
+from .errors import ConfigError
 from .metrics import Metrics
 from .models_file import ServePlan, plan_for
 from .package import Package, load_package
@@ -14,6 +18,8 @@ from .runner import Runner
 from .server import ServerSettings, create_app
 from .server.auth import ApiKeys
 from .server.registry import Models
+
+log = logging.getLogger("impasto.serve")
 
 
 def runner_for(package: Package, metrics: Metrics | None = None) -> Runner:
@@ -29,6 +35,27 @@ def runner_for(package: Package, metrics: Metrics | None = None) -> Runner:
         scope=package.scope,
         before_load=package.before_load,
     )
+
+
+def jobs_service(plan: ServePlan) -> Callable[[Any], Any] | None:
+    """The factory of the server's jobs service, or None: off (``jobs.enabled: false``), or
+    the ``jobs`` extra is not installed (an error when a job store is configured)."""
+    config = plan.jobs_config
+    if not config.enabled:
+        return None
+    try:
+        from .jobs.service import Jobs
+    except ImportError as exc:
+        if config.url or os.environ.get("IMPASTO_JOBS_URL"):
+            raise ConfigError(
+                f"jobs.url is set but the job store cannot be loaded ({exc}); "
+                "pip install 'impasto[jobs]'",
+                field="jobs.url",
+            ) from None
+        log.info("async jobs are off: pip install 'impasto[jobs]' to serve them")
+        return None
+    secrets_dir = plan.default_package.config.secrets_dir
+    return lambda callpath: Jobs(callpath, config, plan.sagemaker_config, secrets_dir=secrets_dir)
 
 
 def build_app(
@@ -57,6 +84,7 @@ def build_app(
         ui=ui,
         api_keys=ApiKeys.of(raw_keys, plan.auth_config.open_routes) if raw_keys else None,
         results=plan.results,
+        jobs=jobs_service(plan),
     )
     models = Models(runners, plan.default, lazy=plan.lazy, max_loaded=plan.max_loaded)
     app = create_app(models, settings)

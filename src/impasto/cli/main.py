@@ -7,7 +7,7 @@ import sys
 import typer
 
 from .. import __version__
-from . import models
+from . import jobs, models
 from .init import init
 from .output import DEBUG
 from .predict import predict
@@ -50,6 +50,7 @@ app.command("setup")(setup)
 app.command("predict")(predict)
 app.command("ui")(ui)
 app.add_typer(models.app, name="models", help="The local model store.")
+app.add_typer(jobs.app, name="jobs", help="Async jobs: the local store, or a server (--url).")
 
 
 def main() -> None:

@@ -223,6 +223,12 @@ def predict(
     ),
     endpoint: str | None = typer.Option(None, "--endpoint", "-e", help="Endpoint to call."),
     url: str | None = typer.Option(None, "--url", help="Send to a running server instead."),
+    as_job: bool = typer.Option(
+        False, "--async", help="With --url: submit it as a job and print its id."
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="With --url: submit it as a job and wait (a progress bar)."
+    ),
     log_level: LogLevel = typer.Option(
         LogLevel.warning,
         envvar="IMPASTO_LOG_LEVEL",
@@ -235,6 +241,13 @@ def predict(
     Example: impasto predict examples/tiny-sd -d '{"prompt": "a red fox"}' -o fox.png
     """
     payload = _input(data, file, example, path)
+    if as_job or wait:
+        if not url:
+            raise InputError("--async and --wait submit a job to a server: add --url", field="url")
+        from .jobs import submit
+
+        submit(url, payload, endpoint, wait, output)
+        return
     if url:
         _run_remote(url, payload, endpoint, output)
         return
