@@ -21,26 +21,27 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from . import logs
 from .batching import BatchQueue
+from .calls import (
+    RESPONSE_POSTPROCESS,
+    STREAM_POSTPROCESS,
+    ModelCalls,
+    awaited,
+    is_stream,
+)
 from .config import PackageConfig
 from .context import OutputPrefs, RequestContext
 from .errors import (
     ImpastoError,
     InputError,
-    ModelDefinitionError,
-    ModelError,
-    ModelHTTPError,
     NotFound,
     NotReady,
     Overloaded,
@@ -48,11 +49,12 @@ from .errors import (
     ShuttingDown,
     pydantic_errors,
 )
+from .loading import Loader
 from .media.budget import DecodeBudget
 from .prediction import Prediction
 from .slots import Slots
 from .spec import CallSpec, EndpointSpec, ModelSpec
-from .streams import drain, uncancel
+from .streams import drain
 
 log = logging.getLogger("impasto.runner")
 
@@ -81,23 +83,11 @@ class Runner:
         self.kind = kind  # the dialect shared routes answer in: truss, sagemaker, impasto...
         self.metrics = metrics
         self.redact = redact
-        self._factory = factory
-        self._before_load = before_load  # run on the built model before load()
-        self._scope = scope or contextlib.nullcontext
-        self._served = contextlib.ExitStack()  # the package's scope while this runner serves
-        self.model: Any = None
-        # pending -> loading -> ready | failed; ready -> unloading -> unloaded -> loading...
-        self.state = "pending"
-        self.load_error: str | None = None
-        self.load_seconds: float | None = None
-        self.load_started_at: float | None = None  # wall-clock times of the last load
-        self.load_completed_at: float | None = None
         self.closing = False
         # Set by a registry that loads this model on demand (lazy loading, eviction): called
         # at admission while the model is not loaded; the request then waits for the load.
         self.on_demand: Callable[[Runner], None] | None = None
         self.last_used = 0.0  # monotonic time of the last admission (least recently used)
-        self._done = asyncio.Event()
         rt = config.runtime
         self._slots = Slots(rt.predict_concurrency)
         self._busy = 0  # slots in use, abandoned threads included
@@ -107,6 +97,9 @@ class Runner:
         self._idle.set()
         self._executor = ThreadPoolExecutor(
             max_workers=rt.predict_concurrency + 8, thread_name_prefix="impasto-model"
+        )
+        self.calls = ModelCalls(
+            lambda: self.loading.model, self._executor, name=name, redact=redact
         )
         self._inputs = ThreadPoolExecutor(
             max_workers=rt.input_workers, thread_name_prefix="impasto-input"
@@ -119,96 +112,64 @@ class Runner:
         per_slot = config.batching.max_batch_size if batched else 1
         self._decoding = Slots(rt.predict_concurrency * per_slot + rt.input_workers)
         self._decoders: set[Prediction] = set()
-        self._load_task: asyncio.Task | None = None
+        self.loading = Loader(
+            spec,
+            factory,
+            name=name,
+            thread=self.calls.thread,
+            timeout=rt.load_timeout_s,
+            redact=redact,
+            scope=scope,
+            before_load=before_load,
+        )
         self._listeners = [metrics.listener(name)] if metrics is not None else []
         if metrics is not None:
             metrics.track(name, lambda: self._queued, lambda: len(self._live))
 
-    # loading ------------------------------------------------------------------------------
+    # loading (the state machine is the Loader's) -----------------------------------------
     def start(self) -> asyncio.Task:
         """Begin loading in the background (idempotent); admission answers 503 until then."""
-        if self._load_task is None:
-            self._load_task = asyncio.create_task(self.load(), name=f"impasto-load-{self.name}")
-        return self._load_task
+        return self.loading.start()
 
     async def load(self) -> bool:
-        """Instantiate the model and run its ``load()`` once; True when it is ready."""
-        if self.state not in ("pending", "unloaded"):
-            await self._done.wait()
-            return self.state == "ready"
-        self.state = "loading"
-        self.load_started_at = time.time()
-        self.load_completed_at = None
-        started = time.monotonic()
-        timeout = self.config.runtime.load_timeout_s
-        try:
-            self._served.enter_context(self._scope())
-            self.model = await self._thread(self._factory)
-            if self._before_load is not None:
-                prepared = await self._thread(lambda: self._before_load(self.model))
-                if inspect.isawaitable(prepared):
-                    await prepared
-            if self.spec.has_load:
-                work = (
-                    self.model.load() if self.spec.load_is_async else self._thread(self.model.load)
-                )
-                await asyncio.wait_for(work, timeout) if timeout else await work
-        except BaseException as exc:
-            self.state = "failed"
-            self.load_completed_at = time.time()
-            if isinstance(exc, asyncio.TimeoutError) and _deadline_hit(exc):
-                self.load_error = (
-                    f"load() did not finish within {timeout} s (runtime.load_timeout_s)"
-                )
-            else:
-                text = (
-                    exc.message if isinstance(exc, ImpastoError) else f"{type(exc).__name__}: {exc}"
-                )
-                self.load_error = self.redact(text)
-            if isinstance(exc, ImpastoError):  # impasto's own, clear error: one line
-                log.error("model %s failed to load: %s", self.name, self.load_error)
-            elif not isinstance(exc, asyncio.CancelledError):
-                log.error(
-                    "model %s failed to load: %s\n%s",
-                    self.name,
-                    self.load_error,
-                    self.redact(traceback.format_exc()),
-                )
-            self._done.set()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return False
-        self.load_seconds = time.monotonic() - started
-        self.load_completed_at = time.time()
-        self.state = "ready"
-        log.info("model %s loaded in %.2f s", self.name, self.load_seconds)
-        self._done.set()
-        return True
+        """Build the model and run its ``load()`` once; True when it is ready."""
+        return await self.loading.load()
+
+    @property
+    def model(self) -> Any:
+        return self.loading.model
+
+    @property
+    def state(self) -> str:
+        """pending -> loading -> ready | failed; ready -> unloading -> unloaded -> loading..."""
+        return self.loading.state
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.loading.ready
+
+    @property
+    def load_error(self) -> str | None:
+        return self.loading.error
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self.loading.seconds
+
+    @property
+    def load_started_at(self) -> float | None:
+        return self.loading.started_at
+
+    @property
+    def load_completed_at(self) -> float | None:
+        return self.loading.completed_at
 
     async def healthy(self) -> bool | None:
-        """The model's own ``is_healthy()`` once it is loaded (sync methods in a model thread;
-        raising counts as False and is logged), or None: no such method, not loaded, or the
-        method itself returned None."""
-        if not self.ready or "is_healthy" not in self.spec.hooks:
-            return None
-        try:
-            if self.spec.hooks["is_healthy"]:
-                result = await self.model.is_healthy()
-            else:
-                result = await self._thread(self.model.is_healthy)
-        except Exception:
-            log.exception("model %s: is_healthy() raised; counted as unhealthy", self.name)
-            return False
-        if result is not None and not result:
-            log.warning("model %s: health check failed", self.name)
-        return None if result is None else bool(result)
+        """The model's own ``is_healthy()`` (see :meth:`Loader.healthy`)."""
+        return await self.loading.healthy()
 
     async def wait_loaded(self) -> bool:
-        await self._done.wait()
+        await self.loading.done.wait()
         return self.ready
 
     def _load_failed(self) -> NotReady:
@@ -223,7 +184,7 @@ class Runner:
             if self.state == "failed":
                 raise self._load_failed()
             try:  # the deadline aborts this wait: 504
-                await asyncio.wait_for(self._done.wait(), limit)
+                await asyncio.wait_for(self.loading.done.wait(), limit)
             except asyncio.TimeoutError:
                 raise NotReady(
                     f"the model is still loading after {limit} s (runtime.load_wait_s); retry "
@@ -408,33 +369,33 @@ class Runner:
         p.ctx.stage = ""
         try:
             if endpoint.preprocess:
-                value = await self._invoke(endpoint.preprocess, value, p.ctx)
+                value = await self.calls.invoke(endpoint.preprocess, value, p.ctx)
             if endpoint.streams:
                 if endpoint.postprocess:
-                    raise self._definition_error(_STREAM_POSTPROCESS, p.ctx)
+                    raise self.calls.definition_error(STREAM_POSTPROCESS, p.ctx)
                 return await self._stream(endpoint, value, p)
             if not endpoint.slotted:  # beside the predictions, as pre/postprocess run
                 self._started(p)
-                value = await self._invoke(endpoint.call, value, p.ctx)
+                value = await self.calls.invoke(endpoint.call, value, p.ctx)
             elif self._batches(endpoint):
                 value = await self._batcher(endpoint).submit(value, p)
             else:
                 value = await self._in_slot(endpoint.call, value, p)
             if is_stream(value):  # a generator returned (not yielded) streams too
                 if endpoint.postprocess:
-                    raise self._definition_error(_STREAM_POSTPROCESS, p.ctx)
+                    raise self.calls.definition_error(STREAM_POSTPROCESS, p.ctx)
                 return await self._drain(value, p, slotted=endpoint.slotted)
             if endpoint.postprocess:
                 if isinstance(value, Response):
-                    raise self._definition_error(_RESPONSE_POSTPROCESS, p.ctx)
-                value = await self._invoke(endpoint.postprocess, value, p.ctx)
+                    raise self.calls.definition_error(RESPONSE_POSTPROCESS, p.ctx)
+                value = await self.calls.invoke(endpoint.postprocess, value, p.ctx)
                 if is_stream(value):
                     return await self._drain(value, p, slotted=False)
             return value
         except (ImpastoError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            raise self.model_error(exc, p.ctx) from exc
+            raise self.calls.model_error(exc, p.ctx) from exc
 
     def _batches(self, endpoint: EndpointSpec) -> bool:
         # A batchable method only takes lists, so it always goes through the queue (a batch
@@ -442,30 +403,6 @@ class Runner:
         if endpoint.batch_call is None:
             return False
         return self.config.batching.enabled or endpoint.call is endpoint.batch_call
-
-    def _definition_error(self, message: str, ctx: RequestContext) -> ModelDefinitionError:
-        log.error("request %s: %s: ModelDefinitionError: %s", ctx.request_id, self.name, message)
-        return ModelDefinitionError(message)
-
-    def model_error(self, exc: BaseException, ctx: RequestContext) -> ModelError:
-        """A model's own exception as a 500, with the traceback in the log (never the body);
-        an ``HTTPException`` (starlette's or FastAPI's) the model raised is its own answer."""
-        if isinstance(exc, HTTPException):
-            log.warning(
-                "request %s: model raised HTTPException %s: %s",
-                ctx.request_id,
-                exc.status_code,
-                self.redact(str(exc.detail)),
-            )
-            return ModelHTTPError(exc.status_code, exc.detail, headers=exc.headers)
-        message = self.redact(f"{type(exc).__name__}: {exc}")
-        log.error(
-            "request %s: model raised %s\n%s",
-            ctx.request_id,
-            message,
-            self.redact("".join(traceback.format_exception(exc))),
-        )
-        return ModelError(message)
 
     async def acquire(self, p: Prediction) -> None:
         """Wait for a model slot (the deadline or a cancel aborts the wait)."""
@@ -488,31 +425,12 @@ class Runner:
             finally:
                 logs.leave(token)
                 self.release()
-        work = self._submit(logs.call_in((p.ctx,), call.bind(self.model, value, p.ctx)))
+        work = self.calls.submit(logs.call_in((p.ctx,), call.bind(self.model, value, p.ctx)))
         # A thread cannot be stopped: it keeps its slot until it returns, whatever the
         # caller does, so predict_concurrency always bounds what runs.
         work.add_done_callback(self.release)
-        result = await _awaited(work)
+        result = await awaited(work)
         return await result if inspect.isawaitable(result) else result
-
-    async def _invoke(self, call: CallSpec, value: Any, ctx: Any) -> Any:
-        """Run one user method outside a slot: awaited if async, else in a worker thread
-        (``ctx`` is one context, or a list of them for a batch call)."""
-        contexts = tuple(ctx) if isinstance(ctx, list) else (ctx,)
-        bound = call.bind(self.model, value, ctx)
-        if call.is_async and not call.is_generator:
-            with logs.running(contexts):
-                return await bound()
-        if call.is_generator:
-            return bound()  # creating a generator object runs no user code
-        result = await _awaited(self._submit(logs.call_in(contexts, bound)))
-        return await result if inspect.isawaitable(result) else result
-
-    def _submit(self, fn: Callable[[], Any]) -> asyncio.Future:
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def _thread(self, fn: Callable[[], Any]) -> Any:
-        return await self._submit(fn)
 
     def _batcher(self, endpoint: EndpointSpec) -> BatchQueue:
         batcher = self._batchers.get(endpoint.name)
@@ -528,7 +446,7 @@ class Runner:
             if self.metrics is not None:
                 self.metrics.observe_batch(self.name, endpoint.name, len(values))
             contexts = [p.ctx for p in batch]
-            return await self._invoke(
+            return await self.calls.invoke(
                 call, values, contexts if call.context_param == "contexts" else contexts[0]
             )
 
@@ -558,7 +476,7 @@ class Runner:
             await self.acquire(p)
         self._started(p)
         try:
-            gen = await self._invoke(endpoint.call, value, p.ctx)
+            gen = await self.calls.invoke(endpoint.call, value, p.ctx)
         except BaseException:
             if endpoint.slotted:
                 self.release()
@@ -575,10 +493,10 @@ class Runner:
         return await drain(  # owns the slot from here, and frees it however the stream ends
             gen,
             p,
-            submit=self._submit,
+            submit=self.calls.submit,
             release=self.release if slotted else _no_release,
             gap=self.config.runtime.streaming_read_timeout,
-            model_error=self.model_error,
+            model_error=self.calls.model_error,
         )
 
     # in-process ---------------------------------------------------------------------------
@@ -591,24 +509,13 @@ class Runner:
         output: OutputPrefs | None = None,
         on_event: Callable[[Any], None] | None = None,
     ) -> Any:
-        """One prediction in-process through the same steps as every route: admit, decode,
-        run, end. Returns the output (an async iterator for a streaming endpoint); raises
-        the ImpastoError it ended with."""
-        p = self.admit(self.endpoint(endpoint), request_id=request_id, output=output)
-        if on_event is not None:
-            p.subscribe(on_event)
-        p.bind(asyncio.current_task())
-        try:
-            async with aborts_as_errors(p):
-                result = await self.run(p, await self.decode(p, payload))
-        except ImpastoError as exc:
-            p.finish(exc)
-            raise
-        finally:
-            p.bind(None)
-        if not is_stream(result):
-            p.succeed(result)
-        return result
+        """One prediction in-process through the same steps as every route (see
+        :func:`impasto.inprocess.predict`)."""
+        from .inprocess import predict
+
+        return await predict(
+            self, payload, endpoint, request_id=request_id, output=output, on_event=on_event
+        )
 
     # lifecycle ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -637,28 +544,13 @@ class Runner:
         reload. The model's own ``unload()``, if it has one, runs first."""
         if self.state != "ready" or self._live or self.closing:
             return False
-        self.state = "unloading"
-        self._done = asyncio.Event()  # what requests admitted from now on wait for
+        self.loading.begin_unload()  # requests admitted from now on wait for the reload
         size = self.config.runtime.predict_concurrency
         for _ in range(size):  # a thread abandoned by its prediction keeps its slot
             await self._slots.acquire()
         for _ in range(size):
             self._slots.release()
-        model, self.model = self.model, None
-        try:
-            if callable(getattr(model, "unload", None)):
-                await self._thread(model.unload)
-        except Exception:
-            log.exception("model %s: unload() raised; dropping it anyway", self.name)
-        finally:
-            del model
-            self._served.close()
-            self._served = contextlib.ExitStack()
-            self._load_task = None
-            self.load_seconds = None
-            self.state = "unloaded"
-            _free_memory()
-        log.info("model %s unloaded", self.name)
+        await self.loading.unload()
         return True
 
     def stop_admitting(self) -> None:
@@ -683,78 +575,13 @@ class Runner:
             p.abort("shutdown")
         for batcher in self._batchers.values():
             await batcher.aclose()
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()
+        self.loading.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._inputs.shutdown(wait=False, cancel_futures=True)
-        self._served.close()
-
-
-_STREAM_POSTPROCESS = (
-    "If the predict function returns a generator (streaming), you cannot use postprocessing. "
-    "Include all processing in the predict method."
-)
-
-
-_RESPONSE_POSTPROCESS = (
-    "If the predict function returns a response object, you cannot use postprocessing."
-)
-
-
-def is_stream(value: Any) -> bool:
-    """Whether a model's output streams: a generator or an async generator."""
-    return inspect.isgenerator(value) or inspect.isasyncgen(value)
 
 
 def _no_release() -> None:
     """A stream that holds no model slot has none to free."""
 
 
-async def _awaited(future: asyncio.Future) -> Any:
-    """Await thread work without canceling it when the waiter is canceled (a thread cannot
-    be stopped; its outcome is retrieved so none is reported as lost)."""
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(_retrieve)
-        raise
-
-
-def _retrieve(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-@contextlib.asynccontextmanager
-async def aborts_as_errors(p: Prediction) -> AsyncIterator[None]:
-    """Inside the block, an abort of ``p`` (deadline, disconnect, shutdown, cancel) surfaces
-    as the ImpastoError of its reason instead of a CancelledError; a cancellation that did
-    not come from an abort (the server itself stopping the task) propagates unchanged."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not p.aborted:
-            p.ctx.cancel("disconnected")
-            raise
-        uncancel()
-        raise p.ctx.error() from None
-
-
-def _free_memory() -> None:
-    """Give an unloaded model's memory back: Python's, and the GPU cache when torch is in."""
-    import gc
-    import sys
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _deadline_hit(exc: BaseException) -> bool:
-    """Whether a TimeoutError is wait_for's own (raised from the cancellation it made) rather
-    than one the model raised. (``asyncio.TimeoutError`` is the builtin only from 3.11.)"""
-    return isinstance(exc.__cause__, asyncio.CancelledError)
-
-
-__all__ = ["PredictTimeout", "Runner", "aborts_as_errors", "is_stream"]
+__all__ = ["PredictTimeout", "Runner", "is_stream"]

@@ -27,10 +27,11 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..calls import is_stream
 from ..context import Event, OutputPrefs
 from ..errors import ImpastoError, MalformedInput
 from ..prediction import Prediction
-from ..runner import Runner, is_stream
+from ..runner import Runner
 from ..spec import EndpointSpec
 from ..streams import uncancel
 from .registry import Models

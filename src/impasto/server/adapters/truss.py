@@ -282,7 +282,7 @@ class TrussAdapter:
             log.info("websocket client left: %s", exc)
             return
         except Exception as exc:
-            runner.model_error(exc, _WebSocketContext(ws))
+            runner.calls.model_error(exc, _WebSocketContext(ws))
             await _close(ws, WEBSOCKET_SERVER_ERROR, wire.MODEL_ERROR_MESSAGE)
             return
         await _close(ws, 1000, None)
