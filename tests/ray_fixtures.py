@@ -96,6 +96,7 @@ def start_ray() -> Iterator[RayInstance]:
         object_store_memory=80 * 1024 * 1024,
         include_dashboard=False,
         namespace="serve",
+        _node_ip_address="127.0.0.1",
         _temp_dir=temp_dir,
         log_to_driver=False,
         logging_level="WARNING",

@@ -96,7 +96,7 @@ class RemoteRunner(Runner):
                 elif kind == wire.ERROR:
                     raise message[1]
         except BaseException:
-            gen.cancel()
+            cancel(gen)
             raise
 
     def _on_start(self, p: Prediction, replica: str) -> None:
@@ -137,7 +137,7 @@ class RemoteRunner(Runner):
             raise
         finally:
             if error is not None:
-                gen.cancel()
+                cancel(gen)
                 p.finish(error)
             else:
                 p.succeed(None)
@@ -153,6 +153,13 @@ async def _next(gen: Any) -> tuple:
         raise
     except Exception as exc:
         raise ray_error(exc) from exc
+
+
+def cancel(gen: Any) -> None:
+    """Stop a replica's answer (best effort: Ray cancels the replica's generator, which
+    aborts the prediction there). Ray raises the call's own error again if it had one."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        gen.cancel()
 
 
 async def _finish(gen: Any) -> None:
