@@ -78,6 +78,13 @@ class RayInstance:
         assert result.returncode == 0, result.stderr[-3000:]
         return self.url(f"/{name}")
 
+    def replicas(self, app: str, deployment: str) -> dict[str, int]:
+        """A deployment's replicas by state, asked in process (cheaper than the CLI)."""
+        from ray import serve
+
+        status = serve.status().applications[app].deployments[deployment]
+        return {str(getattr(k, "value", k)): v for k, v in status.replica_states.items()}
+
     def status(self, name: str) -> dict[str, Any]:
         result = self.impasto("deploy", "ray", "--status", "--name", name)
         assert result.returncode == 0, result.stderr[-3000:]

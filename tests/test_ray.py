@@ -97,21 +97,18 @@ def test_secrets_reach_replicas_but_never_rays_logs_or_status(gate, ray_instance
 def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(gate, ray_instance):
     import ray
 
-    names = [
+    names = [  # Ray Serve's replica actors of the model deployment
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
-        if "model-gate" in a["name"] and "REPLICA" in a["name"].upper()
+        if a["name"].startswith("SERVE_REPLICA::gate#model-gate#")
     ]
     assert len(names) == 2, names
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
     served = [retrying(lambda: gate.post("/work", json={"steps": 1})) for _ in range(6)]
     assert [r.status_code for r in served] == [200] * 6, [r.text for r in served]
-    until(
-        lambda: (
-            ray_instance.status("gate")["deployments"]["model-gate"]["replicas"] == {"RUNNING": 2}
-        ),
-        timeout=120,
-    )
+    until(lambda: ray_instance.replicas("gate", "model-gate") == {"RUNNING": 2}, timeout=120)
+    now = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    assert names[0] not in now and names[1] in now  # a new replica took the killed one's place
 
 
 def test_autoscaling_adds_a_replica_when_requests_queue(ray_instance, tmp_path):
@@ -135,8 +132,7 @@ def test_autoscaling_adds_a_replica_when_requests_queue(ray_instance, tmp_path):
         body = {"gate": str(held), "arrived": str(arrived)}
         queued = [pool.submit(client.post, "/work", json=body) for _ in range(3)]
         until(lambda: len(arrivals(arrived)) == 1)  # one runs, two wait in its runner
-        status = lambda: ray_instance.status("auto")["deployments"]["model-gate"]["replicas"]  # noqa: E731
-        until(lambda: status() == {"RUNNING": 2}, timeout=120)
+        until(lambda: ray_instance.replicas("auto", "model-gate") == {"RUNNING": 2}, timeout=120)
         fresh = client.post("/work", json={"steps": 1})  # the new replica is free
         held.touch()
         answers = [f.result() for f in queued]
