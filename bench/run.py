@@ -40,6 +40,7 @@ SECTIONS = {
     "encoders": ("bench.images:Encoders", "pure encoder figures (bench/encoders.py)"),
     "batching": ("bench.batching", "the tiny diffusion pipeline, batching on vs off"),
     "coldstart": ("bench.coldstart", "process start to first prediction; store vs folder"),
+    "jobs": ("bench.jobs", "async jobs accepted per second on each store vs sync /predict"),
     "ray": ("bench.rayserve", "Ray Serve: ingress overhead, replicas (opt-in: --only ray)"),
     "peers": ("bench.peers", "the same workloads on peer frameworks (opt-in: --peers)"),
 }

@@ -247,6 +247,7 @@ def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
     os.environ["IMPASTO_HOME"] = str(root / "home")  # the tiny weights are built there
     try:
         server = ThreadServer(build_app(load_models_file(spec))).start()
+        server.home = root / "home"  # type: ignore[attr-defined]  # tiny-sd's weights
         server.client.timeout = 120
         server.wait_ready(300)
     finally:

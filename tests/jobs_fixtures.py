@@ -1,14 +1,16 @@
 """Fixtures for the job tests: a PostgreSQL database per test module, S3 on loopback
 (moto's server), a webhook receiver, and servers with a job store of either kind.
 
-PostgreSQL is reached at ``IMPASTO_TEST_POSTGRES_URL`` (default the local server's
-``postgres`` user, as ``.ci/run`` sets it up); without one the PostgreSQL cases skip, except
-in CI (``IMPASTO_CI=1``), where they fail.
+PostgreSQL is a throwaway cluster of the installed server (Debian's ``postgresql``
+package, which ``.ci/run`` installs) started on 127.0.0.1 for the session, or the server at
+``IMPASTO_TEST_POSTGRES_URL``. Without either the PostgreSQL cases skip, except in CI
+(``IMPASTO_CI=1``), where they fail.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import uuid
@@ -20,34 +22,55 @@ import httpx
 import pytest
 import yaml
 
-from conftest import PACKAGES, ThreadServer, free_port
+from conftest import PACKAGES, REPO, ThreadServer, free_port
 
-PG_URL = os.environ.get(
-    "IMPASTO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
-)
+sys.path.insert(0, str(REPO))
+
+from bench.postgres import LocalPostgres, postgres_bindir
+
+# A server of your own (the tests create and drop databases on it); default: a throwaway one
+PG_URL: str | None = os.environ.get("IMPASTO_TEST_POSTGRES_URL") or None
 IN_CI = bool(os.environ.get("IMPASTO_CI"))
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
 # PostgreSQL -----------------------------------------------------------------------------------
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason}; .ci/run installs PostgreSQL from Debian's packages")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[Any]:
+    """An AUTOCOMMIT engine on a PostgreSQL server the tests may create databases on: the
+    one at ``IMPASTO_TEST_POSTGRES_URL``, else a throwaway cluster of the installed
+    PostgreSQL on 127.0.0.1."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
+    global PG_URL
+    local: LocalPostgres | None = None
+    if PG_URL is None:
+        bindir = postgres_bindir()
+        if bindir is None:
+            _unavailable("no PostgreSQL installed (apt-get install postgresql)")
+        local = LocalPostgres(bindir).start()
+        PG_URL = local.url
     engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
         engine.dispose()
-        reason = f"no PostgreSQL at {PG_URL} ({str(exc.orig).strip().splitlines()[0]})"
-        if IN_CI:
-            pytest.fail(f"{reason}; .ci/run starts one")
-        pytest.skip(f"{reason}; set IMPASTO_TEST_POSTGRES_URL")
+        if local is not None:
+            local.stop()
+        _unavailable(f"no PostgreSQL at {PG_URL} ({str(exc.orig).strip().splitlines()[0]})")
     yield engine
     engine.dispose()
+    if local is not None:
+        local.stop()
 
 
 def new_database(admin: Any) -> Callable[[], None] | Any:

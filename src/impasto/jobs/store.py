@@ -22,28 +22,24 @@ import contextlib
 import json
 import logging
 import secrets
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
-    create_engine,
     delete,
-    event,
     func,
     or_,
     select,
-    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from ..errors import ConfigError, Overloaded
+from ..errors import Overloaded
 from . import schema
-from .records import TERMINAL, Attempt, Delivery, Job, NewJob
+from .outbox import Outbox
+from .records import TERMINAL, Attempt, Job, NewJob
 from .schema import deliveries, jobs, meta
 
 log = logging.getLogger("impasto.jobs")
@@ -85,7 +81,7 @@ def to_job(row: Any) -> Job:
     )
 
 
-class SQLJobStore:
+class SQLJobStore(Outbox):
     """Jobs in any SQLAlchemy database; see the module docstring."""
 
     dialect = "sql"
@@ -431,21 +427,7 @@ class SQLJobStore:
                 **values,
             )
         )
-        url = job.options.get("webhook")
-        if url and "completed" in job.webhook_events:
-            conn.execute(
-                deliveries.insert().values(
-                    id=f"msg_{uuid.uuid4().hex}",
-                    job_id=job.id,
-                    url=url,
-                    kind=job.options.get("webhook_kind", "cog"),
-                    event="completed",
-                    status="pending",
-                    attempts=0,
-                    next_at=now,
-                    created_at=now,
-                )
-            )
+        self._queue_terminal_webhook(conn, job, now)
 
     def cancel(self, ident: str, *, now: float) -> Job | None:
         """A queued job is canceled at once (it never starts); a running one is marked, and
@@ -518,58 +500,6 @@ class SQLJobStore:
                 conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
         return ids
 
-    # webhooks -------------------------------------------------------------------------------
-    def due_deliveries(self, *, now: float, limit: int, lock_s: float) -> list[Delivery]:
-        """Pending deliveries due now, each pushed ``lock_s`` into the future so that no other
-        server sends it meanwhile."""
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(deliveries)
-                .where(deliveries.c.status == "pending", deliveries.c.next_at <= now)
-                .order_by(deliveries.c.next_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            found = []
-            for row in rows:
-                m = row._mapping
-                conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id == m["id"])
-                    .values(next_at=now + lock_s)
-                )
-                found.append(
-                    Delivery(m["id"], m["job_id"], m["url"], m["kind"], m["event"], m["attempts"])
-                )
-        return found
-
-    def delivered(
-        self, ident: str, *, ok: bool, error: str | None, retry_at: float | None, now: float
-    ) -> None:
-        """Record one try: delivered, to retry at ``retry_at``, or given up (neither)."""
-        status = "delivered" if ok else ("pending" if retry_at is not None else "failed")
-        with self._tx() as conn:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == ident)
-                .values(
-                    status=status,
-                    attempts=deliveries.c.attempts + 1,
-                    last_error=error,
-                    next_at=retry_at if retry_at is not None else now,
-                    delivered_at=now if ok else None,
-                )
-            )
-
-    def deliveries_of(self, job_id: str) -> list[dict[str, Any]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                select(deliveries)
-                .where(deliveries.c.job_id == job_id)
-                .order_by(deliveries.c.created_at)
-            ).all()
-        return [dict(r._mapping) for r in rows]
-
     # shared values --------------------------------------------------------------------------
     def secret(self, key: str) -> str:
         """A random value every server of this store shares, made on first use."""
@@ -602,78 +532,9 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[i : i + size]
 
 
-class SQLiteJobStore(SQLJobStore):
-    """The default store: one file, WAL, writers serialized with ``BEGIN IMMEDIATE``."""
-
-    dialect = "sqlite"
-
-    def __init__(self, url: str) -> None:
-        path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn: Any, record: Any) -> None:
-            dbapi_conn.isolation_level = None  # transactions are begun below
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Connection) -> None:
-            write = conn.get_execution_options().get("impasto_write")
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        super().__init__(engine)
-
-
-class PostgresJobStore(SQLJobStore):
-    """Several servers on one queue: claims with ``FOR UPDATE SKIP LOCKED``."""
-
-    dialect = "postgresql"
-
-    def __init__(self, url: str) -> None:
-        super().__init__(create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8))
-
-    def open(self) -> None:
-        with self._tx() as conn:  # servers starting together create the tables once
-            conn.execute(text("SELECT pg_advisory_xact_lock(72316501)"))
-            schema.metadata.create_all(conn)
-
-
 def open_store(url: str) -> SQLJobStore:
     """The store at ``url`` (``sqlite:///...`` or ``postgresql+psycopg://...``), tables
     created; a store that cannot be reached is a ConfigError naming it."""
-    if url.startswith("sqlite"):
-        store: SQLJobStore = SQLiteJobStore(url)
-    elif url.startswith("postgresql"):
-        store = PostgresJobStore(url)
-    else:
-        raise ConfigError(
-            f"jobs.url: {_safe(url)} is not a SQLite or PostgreSQL URL; use sqlite:///path.db "
-            "or postgresql+psycopg://user:password@host/db",
-            field="jobs.url",
-        )
-    try:
-        store.open()
-    except (OperationalError, OSError) as exc:
-        store.close()
-        raise ConfigError(
-            f"jobs.url: cannot open the job store at {_safe(url)}: "
-            f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}",
-            field="jobs.url",
-        ) from None
-    return store
+    from .engines import open_store as _open
 
-
-def _safe(url: str) -> str:
-    """A database URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
+    return _open(url)

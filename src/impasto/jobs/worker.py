@@ -32,8 +32,9 @@ from typing import Any, Protocol
 
 from ..config import JobsConfig
 from ..errors import ImpastoError, NotFound, NotReady, Overloaded
+from ..inprocess import aborts_as_errors
 from ..prediction import Prediction
-from ..runner import Runner, aborts_as_errors
+from ..runner import Runner
 from ..server.registry import Models
 from ..spec import EndpointSpec
 from .live import Live, Notifier
