@@ -24,7 +24,9 @@ import httpx
 import pytest
 import yaml
 
-from conftest import PACKAGES, free_port
+from conftest import PACKAGES, REPO, free_port
+
+TINY_SD = REPO / "examples" / "tiny-sd"
 
 IN_CI = bool(os.environ.get("IMPASTO_CI"))
 
@@ -85,6 +87,14 @@ class RayInstance:
         status = serve.status().applications[app].deployments[deployment]
         return {str(getattr(k, "value", k)): v for k, v in status.replica_states.items()}
 
+    def deploy_here(self, paths: list[Path], name: str) -> str:
+        """Deploy as the command does, from this process (the driver already joined the
+        instance: no second Python and Ray client to start); the application's URL."""
+        from impasto.ray.deploy import DeployOptions, deploy
+
+        deploy(paths, DeployOptions(), name=name, route_prefix=f"/{name}", http_port=self.http_port)
+        return self.url(f"/{name}")
+
     def status(self, name: str) -> dict[str, Any]:
         result = self.impasto("deploy", "ray", "--status", "--name", name)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -98,6 +108,9 @@ def start_ray() -> Iterator[RayInstance]:
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths
+    # replicas inherit the instance's environment: the tiny weights are built in this home
+    home = os.environ.get("IMPASTO_HOME")
+    os.environ["IMPASTO_HOME"] = str(Path(temp_dir) / "home")
     ray.init(
         num_cpus=4,
         object_store_memory=80 * 1024 * 1024,
@@ -117,6 +130,10 @@ def start_ray() -> Iterator[RayInstance]:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if home is None:
+            os.environ.pop("IMPASTO_HOME", None)
+        else:
+            os.environ["IMPASTO_HOME"] = home
 
 
 def package_copy(tmp: Path, source: str = "ray_gate", **config: Any) -> Path:

@@ -6,6 +6,7 @@ Gates (files the model waits for) hold requests on replicas; nothing waits on a 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from jobs_fixtures import until
-from ray_fixtures import RayInstance, package_copy, retrying, start_ray
+from ray_fixtures import TINY_SD, RayInstance, package_copy, retrying, start_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 SECRET = "s3cr3t-v4lue-for-ray"
@@ -126,7 +128,7 @@ def test_autoscaling_adds_a_replica_when_requests_queue(ray_instance, tmp_path):
             },
         },
     )
-    url = ray_instance.deploy(folder, "auto")
+    url = ray_instance.deploy_here([folder], "auto")
     held, arrived = tmp_path / "open", tmp_path / "arrived"
     with httpx.Client(base_url=url, timeout=120) as client, ThreadPoolExecutor(3) as pool:
         body = {"gate": str(held), "arrived": str(arrived)}
@@ -151,7 +153,8 @@ def test_jobs_from_any_ingress_run_on_the_shared_postgres_queue(ray_instance, tm
         ray={"num_replicas": 2, "ingress_replicas": 2},
         jobs=job_settings(store, tmp_path),
     )
-    url = ray_instance.deploy(folder, "jobs")
+    # two packages: the gate (default) and the tiny Stable Diffusion, a deployment each
+    url = ray_instance.deploy_here([folder, TINY_SD], "jobs")
     with httpx.Client(base_url=url, timeout=60) as client:
         submitted = client.post(
             "/predictions",
@@ -173,6 +176,15 @@ def test_jobs_from_any_ingress_run_on_the_shared_postgres_queue(ray_instance, tm
 
         until(both_ingresses, every=0)
         assert set(seen.values()) == {"succeeded"}
+        # the second package's replica draws through the same ingress
+        image = client.post(
+            "/v1/models/tiny-sd/text2img",
+            json={"prompt": "a red cat", "width": 64, "height": 64, "num_inference_steps": 2},
+            headers={"Accept": "image/png"},
+        )
+        assert image.status_code == 200, image.text
+        assert Image.open(io.BytesIO(image.content)).size == (64, 64)
+        assert image.headers[REPLICA] not in seen  # a model replica, not an ingress
 
 
 def test_status_and_delete(gate, ray_instance):
@@ -183,6 +195,7 @@ def test_status_and_delete(gate, ray_instance):
     assert gate.get("/health/ready").status_code == 200
     gone = ray_instance.impasto("deploy", "ray", "--delete", "--name", "gate")
     assert gone.returncode == 0, gone.stderr
-    again = ray_instance.impasto("deploy", "ray", "--status", "--name", "gate")
-    assert again.returncode != 0 and "no Ray Serve application named 'gate'" in again.stderr
+    from ray import serve
+
+    assert "gate" not in serve.status().applications
     assert gate.get("/health/ready").status_code == 404
