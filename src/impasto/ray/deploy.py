@@ -93,6 +93,8 @@ def model_options(package: Package, opts: DeployOptions) -> dict[str, Any]:
         ),
         "ray_actor_options": actor,
         "graceful_shutdown_timeout_s": package.config.runtime.shutdown_grace_s,
+        # the ingress logs each request; a line per hop on the replica too is only noise
+        "logging_config": {"enable_access_log": False},
     }
     autoscaling = cfg.autoscaling_config
     if opts.replicas is not None:
