@@ -74,8 +74,11 @@ class RemoteRunner(Runner):
         """Send ``p`` to a replica and replay its messages here; the output, or an async
         iterator of chunks for a streaming endpoint (``p`` ends with the stream)."""
         timeout = p.ctx.remaining()
+        args = (p.endpoint, value, p.id, p.ctx.output, timeout)
+        if not p.watched and not self.spec.endpoints[p.endpoint].streams:
+            return await self._once(p, args)
         try:  # Ray's router refuses here when every replica and its own queue are full
-            gen = self._stream_handle.call.remote(p.endpoint, value, p.id, p.ctx.output, timeout)
+            gen = self._stream_handle.call.remote(*args)
         except Exception as exc:
             raise ray_error(exc) from exc
         try:
@@ -98,6 +101,28 @@ class RemoteRunner(Runner):
         except BaseException:
             cancel(gen)
             raise
+
+    async def _once(self, p: Prediction, args: tuple) -> Any:
+        """One round trip: nobody waits for this prediction's events or chunks."""
+        try:
+            response = self.handle.call_once.remote(*args)
+        except Exception as exc:
+            raise ray_error(exc) from exc
+        try:
+            replica, message = await response
+        except asyncio.CancelledError:
+            cancel(response)
+            raise
+        except ImpastoError:
+            raise
+        except Exception as exc:
+            raise ray_error(exc) from exc
+        self._on_start(p, replica)
+        if message[0] == wire.ERROR:
+            raise message[1]
+        if message[0] == wire.CHUNKS:
+            return _replay(p, message[1])
+        return message[1]
 
     def _on_start(self, p: Prediction, replica: str) -> None:
         self._started(p)
@@ -153,6 +178,19 @@ async def _next(gen: Any) -> tuple:
         raise
     except Exception as exc:
         raise ray_error(exc) from exc
+
+
+async def _replay(p: Prediction, chunks: list[Any]) -> AsyncIterator[Any]:
+    """A gathered stream's chunks; ``p`` ends with them (closed early: the client left)."""
+    try:
+        for chunk in chunks:
+            p.chunk(chunk)
+            yield chunk
+    except BaseException:
+        p.ctx.cancel("disconnected")
+        p.finish(p.ctx.error())
+        raise
+    p.succeed(None)
 
 
 def cancel(gen: Any) -> None:

@@ -16,12 +16,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..calls import is_stream
 from ..context import Event, OutputPrefs
 from ..errors import ImpastoError, NotReady
 from ..metrics import Metrics
 from ..package import load_package
 from ..server.callpath import execute
 from ..serving import runner_for
+from ..streams import uncancel
 from . import wire
 from .secrets import Sealed, with_secrets
 
@@ -66,6 +68,45 @@ class ModelReplica:
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
+
+    async def call_once(
+        self,
+        endpoint: str,
+        payload: Any,
+        request_id: str | None,
+        prefs: OutputPrefs | None,
+        timeout_s: float | None,
+    ) -> tuple:
+        """One prediction nobody watches, in one round trip: ``(replica, message)`` with
+        the ``result`` (a stream's chunks gathered: ``chunks``) or the ``error``."""
+        runner = self.runner
+        try:
+            p = runner.admit(
+                runner.endpoint(endpoint), request_id=request_id, output=prefs, timeout_s=timeout_s
+            )
+        except ImpastoError as exc:
+            return self.id, wire.error(exc)
+        p.bind(asyncio.current_task())
+        try:
+            try:
+                result = await runner.run(p, await runner.decode(p, payload))
+                if is_stream(result):  # a generator returned by a plain endpoint
+                    async with contextlib.aclosing(result):
+                        return self.id, (wire.CHUNKS, [chunk async for chunk in result])
+            except asyncio.CancelledError:
+                if not p.aborted:
+                    p.ctx.cancel("disconnected")
+                    p.finish(p.ctx.error())
+                    raise
+                uncancel()
+                raise p.ctx.error() from None
+        except ImpastoError as exc:
+            p.finish(exc)
+            return self.id, wire.error(exc)
+        finally:
+            p.bind(None)
+        p.succeed(result)
+        return self.id, (wire.RESULT, result)
 
     async def call(
         self,

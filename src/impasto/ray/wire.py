@@ -9,7 +9,9 @@
     ("done", replica)           it succeeded (after its result or its last chunk)
     ("error", ImpastoError)     it failed, was refused (429/503) or canceled
 
-Plain tuples of picklable values: Ray moves them through its object store; the error keeps
+A prediction nobody watches (no event stream, no job) and whose endpoint does not stream
+takes one round trip instead (``call_once``): ``(replica, ("result", value))``, or
+``("error", ...)``. Plain tuples of picklable values: Ray moves them through its object store; the error keeps
 its class, field, headers and pydantic details, so the ingress answers exactly as a single
 server would.
 """
@@ -22,6 +24,7 @@ from ..context import Event
 from ..errors import ImpastoError
 
 START, EVENT, CHUNK, RESULT, DONE, ERROR = "start", "event", "chunk", "result", "done", "error"
+CHUNKS = "chunks"  # a one-round-trip answer's gathered stream (ModelReplica.call_once)
 RELAYED = frozenset({"progress", "preview", "log"})
 
 
