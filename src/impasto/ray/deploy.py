@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Unreachable
 from ..package import Package, load_package
 from .config import AutoscalingConfig, RayConfig
 from .secrets import Sealed
@@ -160,12 +160,19 @@ def connect(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    ray.init(
-        address=address or "auto",
-        namespace="serve",
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    try:
+        ray.init(
+            address=address or "auto",
+            namespace="serve",
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    except ConnectionError as exc:
+        first = str(exc).split(". ")[0]
+        raise Unreachable(
+            f"no Ray cluster at {address or 'auto'} ({first}); start one with "
+            "`ray start --head` and pass --address, or try `impasto serve PATH --ray`"
+        ) from None
 
 
 def deploy(
