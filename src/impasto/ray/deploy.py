@@ -244,20 +244,23 @@ def serve_locally(
     paths: Sequence[str | Path], opts: DeployOptions, *, host: str, port: int
 ) -> None:
     """``impasto serve PATH --ray``: a local Ray instance, the packages deployed there with
-    the proxy at ``host:port``, until Ctrl-C (which stops it all)."""
+    the proxy at ``host:port``, until Ctrl-C or SIGTERM (which stop it all)."""
+    import signal
     import threading
 
     import ray
     from ray import serve
 
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     ray.init(namespace="serve", include_dashboard=False, logging_level=logging.WARNING)
     try:
         serve.start(http_options={"host": host, "port": port})
         name = deploy(paths, opts, http_host=host, http_port=port)
         log.info("%s is running on a local Ray instance at http://%s:%s/", name, host, port)
-        threading.Event().wait()  # until Ctrl-C
-    except KeyboardInterrupt:
-        pass
+        stop.wait()
+        log.info("stopping %s and the local Ray instance", name)
     finally:
         serve.shutdown()
         ray.shutdown()
