@@ -166,16 +166,20 @@ def test_jobs_from_any_ingress_run_on_the_shared_postgres_queue(ray_instance, tm
         done = wait_status(client, job["id"])
         assert done["status"] == "succeeded", done
         assert done["progress"] == {"step": 2, "total": 2}
-        # every ingress replica sees it: the store is shared
-        seen: dict[str, str] = {}
+        # every ingress replica sees it, progress events included: the store is shared
+        from impasto.client import _parse
+
+        seen: dict[str, list[str]] = {}
 
         def both_ingresses() -> bool:
-            r = client.get(f"/predictions/{job['id']}")
-            seen[r.headers[REPLICA]] = r.json()["status"]
+            sse = {"Accept": "text/event-stream"}
+            with client.stream("GET", f"/predictions/{job['id']}", headers=sse) as r:
+                seen[r.headers[REPLICA]] = [e.kind for e in _parse(r.iter_lines())]
             return len(seen) == 2
 
         until(both_ingresses, every=0)
-        assert set(seen.values()) == {"succeeded"}
+        for kinds in seen.values():
+            assert kinds[0] == "start" and "progress" in kinds and kinds[-1] == "completed", kinds
         # the second package's replica draws through the same ingress
         image = client.post(
             "/v1/models/tiny-sd/text2img",
