@@ -41,6 +41,7 @@ SECTIONS = {
     "batching": ("bench.batching", "the tiny diffusion pipeline, batching on vs off"),
     "coldstart": ("bench.coldstart", "process start to first prediction; store vs folder"),
     "jobs": ("bench.jobs", "async jobs accepted per second on each store vs sync /predict"),
+    "ray": ("bench.rayserve", "Ray Serve: ingress overhead, replicas (opt-in: --only ray)"),
     "peers": ("bench.peers", "the same workloads on peer frameworks (opt-in: --peers)"),
 }
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown sections: {', '.join(unknown)}; pick from {', '.join(SECTIONS)}")
             return 2
     else:
-        names = [n for n in SECTIONS if n != "peers"]
+        names = [n for n in SECTIONS if n not in ("peers", "ray")]  # opt-in: --only
     if args.peers and "peers" not in names:
         names.append("peers")
     workdir = Path(tempfile.mkdtemp(prefix="impasto-bench-"))

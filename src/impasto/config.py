@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .ray.config import RayConfig
 
 log = logging.getLogger("impasto.config")
 
@@ -424,6 +425,7 @@ class PackageConfig(_Section):
     ui: UIConfig = Field(default_factory=UIConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     sagemaker: SageMakerConfig = Field(default_factory=SageMakerConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)  # `impasto deploy ray` (impasto.ray)
 
     @field_validator("ui", mode="before")
     @classmethod

@@ -64,10 +64,12 @@ def build_app(
     on_load_failed: Callable[[], None] | None = None,
     on_ready: Callable[[Starlette], None] | None = None,
     ui: bool = False,
+    runner: Callable[[Package, Metrics], Runner] = runner_for,
 ) -> Starlette:
     """The ASGI app serving one package (a folder or a loaded :class:`Package`), several
     (the first is the default model) or a :class:`ServePlan` (from models.yaml); ``ui``
-    mounts the playground at ``/ui``."""
+    mounts the playground at ``/ui``. ``runner`` makes each model's runner (an in-process
+    one; on Ray Serve, one whose ``run`` step happens on a model replica)."""
     if isinstance(package, ServePlan):
         plan = package
     else:
@@ -75,7 +77,7 @@ def build_app(
         plan = plan_for([p if isinstance(p, Package) else load_package(p) for p in items])
     packages = plan.packages
     metrics = Metrics()
-    runners = [runner_for(pkg, metrics) for pkg in packages]
+    runners = [runner(pkg, metrics) for pkg in packages]
     raw_keys = plan.api_keys()
     settings = ServerSettings(
         on_load_failed=on_load_failed,

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from .. import __version__
-from . import jobs, models
+from . import deploy, jobs, models
 from .init import init
 from .output import DEBUG
 from .predict import predict
@@ -51,6 +51,7 @@ app.command("predict")(predict)
 app.command("ui")(ui)
 app.add_typer(models.app, name="models", help="The local model store.")
 app.add_typer(jobs.app, name="jobs", help="Async jobs: the local store, or a server (--url).")
+app.add_typer(deploy.app, name="deploy", help="Deploy packages to a cluster (Ray Serve).")
 
 
 def main() -> None:
