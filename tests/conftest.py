@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +23,11 @@ REPO = Path(__file__).parent.parent
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the suite's own impasto home (model store, job store), never the user's ~/.impasto; tests
+# that need a home of their own still set IMPASTO_HOME for their server
+_HOME = tempfile.mkdtemp(prefix="impasto-tests-home-")
+os.environ.setdefault("IMPASTO_HOME", _HOME)
+atexit.register(shutil.rmtree, _HOME, True)
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""``impasto deploy ray PATH...``: scale out on Ray Serve (see docs/ray.md)."""
+"""``impasto deploy ray PATH...``: scale out on Ray Serve (see docs/scale.md)."""
 
 from __future__ import annotations
 
