@@ -87,7 +87,8 @@ def unsupported_reason(cfg: DiffusersConfig, pset: PipelineSet) -> str | None:
 
 @dataclass(frozen=True)
 class EngineEvent:
-    """What the loop did: ``join``, ``step`` (one UNet forward), ``decode`` or ``leave``."""
+    """What the engine did: ``admit`` (a place in the active set), ``join`` (first UNet
+    call), ``step`` (one batched UNet step), ``decode`` or ``leave``."""
 
     kind: str
     step: int  # the loop's step counter when it happened
@@ -248,6 +249,8 @@ class ContinuousEngine:
             except RuntimeError:  # its event loop is gone; nobody waits for this one
                 self._release(head.cost)
                 head.granted = False
+            else:
+                self._emit("admit", (head.ctx.request_id,))
 
     def _release(self, cost: tuple[int, int]) -> None:
         self._load[0] -= cost[0]
