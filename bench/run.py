@@ -39,6 +39,7 @@ SECTIONS = {
     "images": ("bench.images", "image responses over HTTP"),
     "encoders": ("bench.images:Encoders", "pure encoder figures (bench/encoders.py)"),
     "batching": ("bench.batching", "the tiny diffusion pipeline, batching on vs off"),
+    "continuous": ("bench.continuous", "Poisson arrivals, mixed steps: off, static, continuous"),
     "coldstart": ("bench.coldstart", "process start to first prediction; store vs folder"),
     "peers": ("bench.peers", "the same workloads on peer frameworks (opt-in: --peers)"),
 }
