@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from ..batching import BatchQueue
 from ..config import DiffusersConfig
 from ..context import RequestContext
 from ..errors import ImpastoError, NotFound, NotReady
-from .model import DiffusersModel, invoke_pipeline, pipeline_kwargs
+from .calls import batch_cost, batch_key, pipeline_kwargs
+from .model import DiffusersModel, invoke_pipeline
 from .pipelines import PipelineSet
 from .progress import StepHook
 from .schemas import ImageResult
@@ -83,6 +85,24 @@ def unsupported_reason(cfg: DiffusersConfig, pset: PipelineSet) -> str | None:
         if type(pipe.vae).__name__ != "AutoencoderKL":
             return f"{name} has a {type(pipe.vae).__name__} VAE, not an AutoencoderKL"
     return None
+
+
+def static_queue(model: DiffusersModel, task: str) -> BatchQueue:
+    """Static batching for one task of a model whose endpoints are per-request (continuous
+    mode) but whose loaded pipeline the engine cannot drive."""
+
+    async def run(values: list[Any], ctxs: list[RequestContext]) -> list[Any]:
+        return await asyncio.to_thread(model.generate_images, task, values, ctxs)
+
+    cfg = model.batching
+    return BatchQueue(
+        run,
+        max_batch_size=cfg.max_batch_size if cfg.enabled else 1,
+        max_wait_ms=cfg.max_wait_ms,
+        max_batch_pixels=cfg.max_batch_pixels,
+        key=partial(batch_key, task),
+        cost=partial(batch_cost, model.cfg),
+    )
 
 
 @dataclass(frozen=True)
@@ -347,7 +367,13 @@ class ContinuousEngine:
                     for call in calls:
                         assert call is not None
                         call.member.phase = RUNNING
-                self._execute([c for c in calls if c is not None])
+                try:
+                    self._execute([c for c in calls if c is not None])
+                except BaseException as exc:  # a bug here must not leave requests hanging
+                    log.exception("continuous batching step failed")
+                    for call in calls:
+                        if call is not None and call.result is None and call.error is None:
+                            call.error = exc
             with self._cond:
                 for call in calls:
                     assert call is not None

@@ -14,7 +14,6 @@ cancellation per step. With ``batching.mode: continuous`` the image tasks are pe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -24,17 +23,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..batching import BatchQueue
-from ..config import Batching, DiffusersConfig, PackageConfig
+from ..config import Batching, DiffusersConfig, PackageConfig, Runtime
 from ..context import RequestContext
 from ..errors import ConfigError, ImpastoError, InputError, ModelError, NotFound, NotReady
 from ..spec import endpoint
 from .calls import (
-    accepted,
     batch_cost,
     batch_key,
     image_batch,
     native_size,
+    pipeline_kwargs,
     random_seed,
     video_kwargs,
 )
@@ -79,15 +77,18 @@ class DiffusersModel:
         if isinstance(config, PackageConfig):
             section: Any = config.diffusers
             batching: Any = config.batching
+            runtime: Any = config.runtime
         else:
             section = (config or {}).get("diffusers")
             batching = (config or {}).get("batching") or {}
+            runtime = (config or {}).get("runtime") or {}
         if section is None:
             raise ConfigError("config.yaml has no `diffusers:` section", field="diffusers")
         self.cfg = DiffusersConfig.model_validate(section)
         self.batching = Batching.model_validate(batching)
+        self.runtime = Runtime.model_validate(runtime)
         self.engine: Any = None  # a ContinuousEngine once loaded in continuous mode
-        self._fallback: dict[str, BatchQueue] = {}
+        self._fallback: dict[str, Any] = {}  # task -> BatchQueue, when the engine is not used
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.secrets = secrets
         self.environment = environment
@@ -164,6 +165,13 @@ class DiffusersModel:
             max_batch_size=self.batching.max_batch_size,
             max_batch_pixels=self.batching.max_batch_pixels,
         )
+        if self.runtime.predict_concurrency < self.batching.max_batch_size:
+            log.warning(
+                "batching.mode continuous: runtime.predict_concurrency=%d lets only that many "
+                "requests into the running batch; set it to batching.max_batch_size (%d)",
+                self.runtime.predict_concurrency,
+                self.batching.max_batch_size,
+            )
 
     def close(self) -> None:
         """Stop the continuous engine's threads (requests still running fail)."""
@@ -249,22 +257,11 @@ class DiffusersModel:
         of this model's own (when the loaded pipeline turned out not to suit the engine)."""
         if self.engine is not None:
             return await self.engine.submit(task, input, context)
-        queue = self._fallback.get(task)
-        if queue is None:
+        if task not in self._fallback:
+            from .continuous import static_queue
 
-            async def run(values: list[Any], ctxs: list[RequestContext]) -> list[Any]:
-                return await asyncio.to_thread(self.generate_images, task, values, ctxs)
-
-            enabled = self.batching.enabled
-            queue = self._fallback[task] = BatchQueue(
-                run,
-                max_batch_size=self.batching.max_batch_size if enabled else 1,
-                max_wait_ms=self.batching.max_wait_ms,
-                max_batch_pixels=self.batching.max_batch_pixels,
-                key=partial(batch_key, task),
-                cost=partial(batch_cost, self.cfg),
-            )
-        return await queue.submit(input, context)
+            self._fallback[task] = static_queue(self, task)
+        return await self._fallback[task].submit(input, context)
 
     def _run_images(
         self,
@@ -380,14 +377,6 @@ class DiffusersModel:
             "loras": [lo.model_dump() for lo in getattr(inp, "loras", ())] or None,
         }
         return {k: v for k, v in recipe.items() if v is not None}
-
-
-def pipeline_kwargs(pipe: Any, kwargs: dict[str, Any], hook: StepHook) -> dict[str, Any]:
-    """The arguments ``pipe`` takes, with the step hook as its ``callback_on_step_end``."""
-    names = accepted(pipe)
-    call = {k: v for k, v in kwargs.items() if k in names and v is not None}
-    call["callback_on_step_end"] = hook
-    return call
 
 
 def invoke_pipeline(pipe: Any, task: str, call: dict[str, Any]) -> Any:
