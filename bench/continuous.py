@@ -8,8 +8,10 @@ shape alone, back to back); then the same open-loop schedule of Poisson arrivals
 that capacity, over four shapes (two sizes x 4 and 12 steps, uniformly mixed), goes to each
 server in turn, alternating for every repetition. Latency is from a request's scheduled
 arrival to its response; throughput is requests over the time from the first arrival to the
-last response. Then a short request (4 steps) is sent while a long one (48 steps) is
-denoising, and the time to its answer is recorded. Ratios are to static batching.
+last response (at 70 % load every stable server keeps up, so this is about the arrival
+rate). Saturated throughput comes from a burst: 16 requests of the mix sent at once. Then a
+short request (4 steps) is sent while a long one (48 steps) is denoising, and the time to
+its answer is recorded. Ratios are to static batching.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ COLUMNS = [
     ("p50_ratio", "p50 x static", "{:.2f}"),
     ("p95_ms", "p95 ms", "{:.0f}"),
     ("p95_ratio", "p95 x static", "{:.2f}"),
+    ("burst_rps", "burst req/s", "{:.2f}"),
+    ("burst_ratio", "burst x static", "{:.2f}"),
     ("short_ms", "short during long ms", "{:.0f}"),
     ("short_ratio", "short x static", "{:.2f}"),
     ("short_first", "short done first", "{}"),
@@ -100,12 +104,20 @@ async def open_loop(url: str, arrivals: list[tuple[float, tuple[int, int]]]) -> 
             return (done - (start_at + at)) * 1000, done - start_at, r.status_code == 200
 
         results = await asyncio.gather(*(one(i, at, s) for i, (at, s) in enumerate(arrivals)))
-    span = max(done for _, done, _ in results) - arrivals[0][0]
+    span = max(done for _, done, _ in results) - min(at for at, _ in arrivals)
     return {
         "latencies_ms": [ms for ms, _, _ in results],
         "rps": len(results) / span,
         "errors": sum(not ok for _, _, ok in results),
     }
+
+
+async def burst(url: str, count: int = 16) -> float:
+    """Requests per second when ``count`` requests of the mix arrive at once."""
+    shapes = [SHAPES[i % len(SHAPES)] for i in range(count)]
+    arrivals = [(0.0, shape) for shape in shapes]
+    result = await open_loop(url, arrivals)
+    return result["rps"] if not result["errors"] else float("nan")
 
 
 async def short_during_long(url: str) -> tuple[float, bool]:
@@ -160,12 +172,13 @@ def warm(server: Server) -> None:
 def run(quick: bool, workdir: Path) -> dict[str, Any]:
     if not (EXAMPLE / "config.yaml").is_file():
         raise FileNotFoundError(f"{EXAMPLE} is missing; the continuous section serves it")
-    count, reps = (8, 1) if quick else (80, 2)
+    count, reps = (8, 1) if quick else (40, 2)
     root = workdir / "continuous"
     home = root / "store"
     servers: dict[str, Server] = {}
     loads: dict[str, list[dict[str, Any]]] = {name: [] for name in MODES}
     shorts: dict[str, list[tuple[float, bool]]] = {name: [] for name in MODES}
+    bursts: dict[str, list[float]] = {name: [] for name in MODES}
     try:
         for name, batching in MODES.items():  # one at a time: the first fills the store
             package = package_copy(root / name / "tiny-sd", batching)
@@ -179,6 +192,7 @@ def run(quick: bool, workdir: Path) -> dict[str, Any]:
             for name in order:
                 time.sleep(1.0)  # let the previous run's stragglers settle
                 loads[name].append(asyncio.run(open_loop(servers[name].url, arrivals)))
+                bursts[name].append(asyncio.run(burst(servers[name].url)))
                 shorts[name].append(asyncio.run(short_during_long(servers[name].url)))
     finally:
         for server in servers.values():
@@ -193,6 +207,7 @@ def run(quick: bool, workdir: Path) -> dict[str, Any]:
                 "rps": median([r["rps"] for r in loads[name]]),
                 "p50_ms": percentile(latencies, 50),
                 "p95_ms": percentile(latencies, 95),
+                "burst_rps": median(bursts[name]),
                 "short_ms": median([ms for ms, _ in shorts[name]]),
                 "short_first": f"{sum(first for _, first in shorts[name])}/{len(shorts[name])}",
                 "errors": sum(r["errors"] for r in loads[name]),
@@ -204,6 +219,7 @@ def run(quick: bool, workdir: Path) -> dict[str, Any]:
         row["rps_ratio"] = row["rps"] / static["rps"]
         row["p50_ratio"] = row["p50_ms"] / static["p50_ms"]
         row["p95_ratio"] = row["p95_ms"] / static["p95_ms"]
+        row["burst_ratio"] = row["burst_rps"] / static["burst_rps"]
         row["short_ratio"] = row["short_ms"] / static["short_ms"]
     cont = rows[2]
     targets = [
@@ -213,9 +229,9 @@ def run(quick: bool, workdir: Path) -> dict[str, Any]:
             "met": cont["p95_ratio"] <= 0.6,
         },
         {
-            "target": "continuous throughput >= static's",
-            "value": f"{cont['rps_ratio']:.2f} x",
-            "met": cont["rps_ratio"] >= 1.0,
+            "target": "continuous throughput >= static's (burst of 16)",
+            "value": f"{cont['burst_ratio']:.2f} x",
+            "met": cont["burst_ratio"] >= 1.0,
         },
         {
             "target": "a short request sent during a long one finishes first (continuous)",
