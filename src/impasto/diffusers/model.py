@@ -109,7 +109,8 @@ class DiffusersModel:
         return self._store
 
     def load(self) -> None:
-        """Load the pipeline once, derive the task pipelines, then run the warm-up shapes."""
+        """Load the pipeline once, derive the task pipelines, run the warm-up shapes, then
+        (in continuous mode) start the step loop."""
         tasks = list(
             self.impasto_tasks
             or self.cfg.tasks
@@ -123,6 +124,7 @@ class DiffusersModel:
             allow_pickle=self.cfg.allow_pickle,
         )
         self.warmup()
+        self.start_engine()
 
     def warmup(self) -> None:
         """Run each ``warmup`` shape once so the first real request is not the slow one."""
@@ -148,7 +150,6 @@ class DiffusersModel:
             else:
                 self.generate_images(task, [inp], [RequestContext("warmup")])
             self.warmup_seconds.append(time.perf_counter() - started)
-        self.start_engine()
 
     def start_engine(self) -> None:
         """In continuous mode, start the step loop (or log why this pipeline cannot use it)."""
