@@ -283,7 +283,7 @@ class ContinuousEngine:
             time.monotonic() - ticket.created
         )
         loras = tuple((lo.ref, lo.scale) for lo in getattr(input, "loras", ()))
-        member = Member(ctx, task, ticket.cost, loras, self._submit, self._lock)
+        member = Member(ctx, ticket.cost, loras, self._submit, self._lock)
         with self._cond:
             ticket.granted = False  # from here on the member gives the place back
             self._members.append(member)
@@ -409,8 +409,6 @@ class ContinuousEngine:
             self.rows += sum(c.rows for c in group)
         for call in forwards:
             call.member.steps += 1
-            if call.member.joined_step is None:
-                call.member.joined_step = self.step
         self._emit("step", tuple(c.member.request_id for c in forwards))
 
     @staticmethod

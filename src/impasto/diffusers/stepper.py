@@ -57,7 +57,6 @@ class Member:
     """An admitted request: what it costs, which adapters it needs, where it is."""
 
     ctx: RequestContext
-    task: str
     cost: tuple[int, int]  # (images, pixels) counted against the active-set limits
     loras: tuple[tuple[str, float], ...]
     submit: Callable[[Call], Any]  # hands a call to the loop and blocks for its result
@@ -66,7 +65,6 @@ class Member:
     call: Call | None = None
     holds_lock: bool = False
     steps: int = 0  # UNet forwards served
-    joined_step: int | None = None  # the loop step of its first forward
     prep: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
