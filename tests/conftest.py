@@ -51,6 +51,11 @@ class ThreadServer:
     def wait_ready(self, timeout: float = 60) -> None:
         wait_ready(self.client, timeout)
 
+    @property
+    def loop(self):
+        """The server's event loop (to run a coroutine there from the test)."""
+        return self.server.servers[0].get_loop()
+
     def stop(self) -> None:
         self.client.close()
         self.server.should_exit = True
@@ -61,12 +66,14 @@ class ProcessServer:
     """`impasto serve` in a subprocess, as a user runs it."""
 
     def __init__(
-        self, path: Path, *args: str, env: dict[str, str] | None = None, log: Path
+        self, path: Path | None, *args: str, env: dict[str, str | None] | None = None, log: Path
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The playground is off unless a test asks (None unsets a variable): Gradio is heavy.
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "IMPASTO_UI": "0", **(env or {})}
+        full_env = {k: v for k, v in full_env.items() if v is not None}
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -74,7 +81,7 @@ class ProcessServer:
                 "-m",
                 "impasto.cli.main",
                 "serve",
-                str(path),
+                *([str(path)] if path is not None else []),
                 "--port",
                 str(self.port),
                 *args,
@@ -152,13 +159,42 @@ def serve_thread() -> Iterator:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def serve_module() -> Iterator:
+    """Like serve_thread, for servers a whole test module shares (generous timeouts: the
+    tiny pipelines run on a shared CPU)."""
+    from impasto import build_app
+
+    started: list[ThreadServer] = []
+
+    def start(package, ready: bool = True) -> ThreadServer:
+        server = ThreadServer(build_app(package)).start()
+        server.client.timeout = 300
+        started.append(server)
+        if ready:
+            server.wait_ready(120)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny random-weight Stable Diffusion pipeline saved with save_pretrained."""
+    from impasto.diffusers import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
+
+
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator:
     """Start `impasto serve` subprocesses; stopped after the test."""
     started: list[ProcessServer] = []
 
     def start(
-        path: Path, *args: str, env: dict[str, str] | None = None, live: bool = True
+        path: Path | None, *args: str, env: dict[str, str] | None = None, live: bool = True
     ) -> ProcessServer:
         server = ProcessServer(path, *args, env=env, log=tmp_path / f"server{len(started)}.log")
         started.append(server)
@@ -169,3 +205,54 @@ def serve_process(tmp_path: Path) -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition (0 when absent); ``labels`` must
+    all match, other labels of the sample are ignored."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+PROTOCOLS_YAML = """\
+models:
+  - name: sd
+    path: {repo}/examples/tiny-sd
+    default: true
+    overrides:  # per-model settings over the package's config.yaml
+      diffusers: {{default_steps: 2, limits: {{max_images: 3}}}}
+  - name: painter
+    path: {packages}/painter
+  - name: typed
+    path: {packages}/typed
+"""
+
+
+@pytest.fixture(scope="session")
+def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
+    """One server for every protocol test: the tiny diffusers example (``sd``, the
+    default), a custom impasto package (``painter``) and a Truss-shaped one (``typed``)."""
+    from impasto import build_app
+    from impasto.models_file import load_models_file
+
+    root = tmp_path_factory.mktemp("three-models")
+    spec = root / "models.yaml"
+    spec.write_text(PROTOCOLS_YAML.format(repo=REPO, packages=PACKAGES))
+    home = os.environ.get("IMPASTO_HOME")
+    os.environ["IMPASTO_HOME"] = str(root / "home")  # the tiny weights are built there
+    try:
+        server = ThreadServer(build_app(load_models_file(spec))).start()
+        server.client.timeout = 120
+        server.wait_ready(300)
+    finally:
+        if home is None:
+            os.environ.pop("IMPASTO_HOME", None)
+        else:
+            os.environ["IMPASTO_HOME"] = home
+    yield server
+    server.stop()

@@ -81,7 +81,7 @@ def models(folders):
     }
     yield loaded
     for model in loaded.values():
-        model.close()
+        model.unload()
 
 
 def picture(seed: int) -> Image.Image:
@@ -183,66 +183,94 @@ class Recorder:
         return [e.request_ids for e in self.events if e.kind == "step"]
 
 
+def join_at(
+    engine: ContinuousEngine, first: tuple, later: dict[int, tuple], recorder: Recorder
+) -> list[Any]:
+    """Run ``first``; after its step ``k`` start ``later[k]`` and let ``first`` go on only
+    once that request waits for its first forward (it joins at ``first``'s step ``k + 1``).
+    Returns the results in order: ``first``, then ``later`` by step."""
+    out: dict[int, Any] = {}
+    threads: dict[int, threading.Thread] = {}
+
+    def start(k: int) -> None:
+        task, inp, ctx = later[k]
+
+        def run() -> None:
+            try:
+                out[k] = engine.run(task, inp, ctx)
+            except BaseException as exc:
+                out[k] = exc
+            finally:
+                recorder.ended(ctx.request_id)  # the gate must not wait for a failed request
+
+        threads[k] = threading.Thread(target=run)
+        threads[k].start()
+        assert recorder.wait_joined(ctx.request_id), f"{ctx.request_id} never joined"
+
+    def gate(event: Any) -> None:
+        step = event.data.get("step")
+        if event.kind == "progress" and step in later and step not in threads:
+            start(step)
+
+    first[2].subscribe(gate)
+    out[0] = engine.run(*first)
+    for thread in threads.values():
+        thread.join(120)
+    results = [out[0], *(out[k] for k in sorted(later))]
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 def join_after(
     engine: ContinuousEngine, first: tuple, second: tuple, k: int, recorder: Recorder
 ) -> tuple[Any, Any]:
-    """Run ``first``; after its step ``k``, start ``second`` and let ``first`` go on only
-    once ``second`` waits for its first forward. Returns both results."""
-    task_a, inp_a, ctx_a = first
-    task_b, inp_b, ctx_b = second
-    out: dict[str, Any] = {}
-
-    def run_b() -> None:
-        try:
-            out["b"] = engine.run(task_b, inp_b, ctx_b)
-        except BaseException as exc:
-            out["b"] = exc
-        finally:
-            recorder.ended(ctx_b.request_id)  # the gate must not wait for a failed request
-
-    thread = threading.Thread(target=run_b)
-
-    def gate(event: Any) -> None:
-        if event.kind == "progress" and event.data["step"] == k and not thread.is_alive():
-            thread.start()
-            assert recorder.wait_joined(ctx_b.request_id), "the second request never joined"
-
-    ctx_a.subscribe(gate)
-    out["a"] = engine.run(task_a, inp_a, ctx_a)
-    thread.join(120)
-    if isinstance(out.get("b"), BaseException):
-        raise out["b"]
-    return out["a"], out["b"]
+    """``second`` joins ``first`` after its step ``k``; both results."""
+    a, b = join_at(engine, first, {k: second}, recorder)
+    return a, b
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
-@pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
-def test_joined_requests_equal_each_run_alone(models, family, task, scheduler):
-    """A (CFG) runs; B (fewer steps, no CFG, other prompt and seed) joins after A's first
-    step; both equal their standalone diffusers runs."""
+def test_requests_joining_at_different_steps_equal_each_run_alone(models, family, scheduler):
+    """text2img (CFG) runs; img2img (no CFG, other prompt, seed and step count) joins at its
+    second step, inpaint (another guidance scale and step count) at its third; all three
+    equal their standalone diffusers runs."""
     model = models[family]
     steps = 4 if scheduler == "PNDMScheduler" else 3  # PNDM's Runge-Kutta start needs 4
-    a = request(model, task, seed=11, num_inference_steps=steps + 1, scheduler=scheduler)
+    a = request(model, "text2img", seed=11, num_inference_steps=steps + 2, scheduler=scheduler)
     b = request(
         model,
-        task,
+        "img2img",
         seed=12,
-        num_inference_steps=steps,
+        num_inference_steps=steps + 1,
         guidance_scale=1.0,
         prompt="a photo of a red dog",
         scheduler=scheduler,
     )
-    ctx_a, ctx_b = RequestContext("a"), RequestContext("b")
+    c = request(
+        model,
+        "inpaint",
+        seed=13,
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+        scheduler=scheduler,
+    )
+    ctxs = [RequestContext(name) for name in "abc"]
     with Recorder(model.engine) as rec:
-        out_a, out_b = join_after(model.engine, (task, a, ctx_a), (task, b, ctx_b), 1, rec)
-    steps = rec.steps()
-    with_a = [ids for ids in steps if "a" in ids]
-    assert "b" not in with_a[0] and "b" in with_a[1]  # joined at A's second step
-    assert sum("b" in ids for ids in steps) >= 2  # and shared forwards with it
-    assert_same(model, task, a, out_a)
-    assert_same(model, task, b, out_b)
-    assert out_a.recipe["scheduler"] == scheduler and out_b.seeds == [12]
+        runs = join_at(
+            model.engine,
+            ("text2img", a, ctxs[0]),
+            {1: ("img2img", b, ctxs[1]), 2: ("inpaint", c, ctxs[2])},
+            rec,
+        )
+    with_a = [ids for ids in rec.steps() if "a" in ids]
+    assert with_a[0] == ("a",) and "b" in with_a[1] and "c" not in with_a[1]
+    assert {"a", "b", "c"} <= set(with_a[2])  # joined at A's second and third steps
+    for task, inp, out in zip(TASKS, (a, b, c), runs, strict=True):
+        assert_same(model, task, inp, out)
+        assert out.recipe["scheduler"] == scheduler and out.seeds == [inp.seed]
 
 
 def test_mixed_schedulers_steps_sizes_and_tasks_share_steps(models):
@@ -414,7 +442,7 @@ def test_continuous_endpoints_are_async_and_per_request(models):
     spec = inspect_model(type(models["sd"]))
     for name in TASKS:
         endpoint = spec.endpoints[name]
-        assert endpoint.call.is_async and not endpoint.batchable
+        assert endpoint.call.is_async and endpoint.batches_itself and endpoint.batch_call is None
     inp = request(models["sd"], "img2img", seed=70, num_inference_steps=2)
     result = asyncio.run(models["sd"].img2img(inp, RequestContext()))
     assert_same(models["sd"], "img2img", inp, result)
@@ -431,16 +459,18 @@ def test_pipelines_the_engine_cannot_drive_fall_back_to_static(folders, caplog):
     cls = model_class_for(config)
     assert not cls.impasto_continuous
     assert "StableVideoDiffusionPipeline" in caplog.text
-    # a pipeline that loads but cannot run under the engine: static batching, same images
+    offload = {"model": str(folders["sd"]), "cpu_offload": "model"}
+    config = parse_config({"batching": {"mode": "continuous"}, "diffusers": offload})
+    assert not model_class_for(config).impasto_continuous
+    # a model that learns only in load() that its pipeline cannot run under the engine:
+    # its per-request endpoints batch statically, with the same images
     config = parse_config(
-        {
-            "batching": {"mode": "continuous"},
-            "diffusers": {"model": str(folders["sd"]), "cpu_offload": "model"},
-        }
+        {"batching": {"mode": "continuous"}, "diffusers": {"model": str(folders["sd"])}}
     )
     model = model_class_for(config)(config=config.model_dump())
+    model.cfg = model.cfg.model_copy(update={"cpu_offload": "model"})
     model.load()
-    assert model.engine is None and "cpu_offload" in caplog.text
+    assert model.engine is None and caplog.text.count("cpu_offload") == 2
     inp = request(model, "text2img", seed=80, num_inference_steps=2, width=32, height=32)
     result = asyncio.run(model.text2img(inp, RequestContext()))
     assert_same(model, "text2img", inp, result)
@@ -451,7 +481,7 @@ def test_static_mode_and_batching_off_keep_batchable_endpoints(folders):
         config = parse_config({"batching": batching, "diffusers": {"model": str(folders["sd"])}})
         cls = model_class_for(config)
         assert not cls.impasto_continuous
-        assert inspect_model(cls).endpoints["text2img"].batchable
+        assert inspect_model(cls).endpoints["text2img"].batch_call is not None
 
 
 def test_float16_sdxl_upcasts_its_vae_for_a_shared_decode(folders):
@@ -481,4 +511,4 @@ def test_float16_sdxl_upcasts_its_vae_for_a_shared_decode(folders):
         assert_same(model, "text2img", a, out_a)
         assert_same(model, "img2img", b, out_b)
     finally:
-        model.close()
+        model.unload()

@@ -33,7 +33,8 @@ def server(tmp_path_factory):
     shutil.copytree(REPO / "examples" / "tiny-sd", package)
     config = yaml.safe_load((package / "config.yaml").read_text())
     config["batching"] = {"mode": "continuous", "max_batch_size": 8}
-    config["runtime"] = {"predict_concurrency": 8}
+    # runtime.predict_concurrency stays 1: endpoints that batch themselves get a batch's
+    # worth of places (max_batch_size) per slot
     (package / "config.yaml").write_text(yaml.safe_dump(config))
     srv = ProcessServer(package, env={"IMPASTO_HOME": str(root / "home")}, log=root / "log")
     srv.client.timeout = 120

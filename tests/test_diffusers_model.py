@@ -104,7 +104,7 @@ def test_model_class_serves_the_tasks_the_pipeline_supports(sd, svd):
     spec = inspect_model(type(sd))
     assert set(spec.endpoints) == {"text2img", "img2img", "inpaint"}
     assert spec.default_endpoint.name == "text2img"
-    assert all(ep.batchable and ep.batch_key and ep.batch_cost for ep in spec.endpoints.values())
+    assert all(ep.batch_call and ep.batch_key and ep.batch_cost for ep in spec.endpoints.values())
     assert spec.endpoints["img2img"].input_model is type(sd).impasto_schemas["img2img"]
     video = inspect_model(type(svd))
     assert set(video.endpoints) == {"img2vid"}
@@ -362,3 +362,40 @@ def test_example_packages_build_their_weights_and_serve(tiny_home, tmp_path, mon
     else:
         (out,) = getattr(model, name)([inp], [RequestContext()])
         assert len(out.images) == ex.input.get("num_images", 1)
+
+
+def test_a_value_error_inside_the_pipeline_is_the_models_not_an_input_error(sd):
+    # width 65 passes no impasto check (built without validation), so the pipeline's own
+    # check raises: that is a fault of the model code (a 500), never a 422
+    inp = (
+        type(sd)
+        .impasto_schemas["text2img"]
+        .model_construct(
+            **{**validate(sd, "text2img", prompt="x", seed=1).model_dump(), "width": 65}
+        )
+    )
+    with pytest.raises(ValueError) as err:
+        sd.text2img([inp], [RequestContext()])
+    assert not isinstance(err.value, InputError)
+    assert "divisible by 8" in str(err.value)
+
+
+def test_strength_that_leaves_no_step_is_a_422_on_strength(sd):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        validate(sd, "img2img", prompt="x", image=gray(), num_inference_steps=4, strength=0.1)
+    assert err.value.errors()[0]["loc"] == ("strength",)
+    assert "leaves no denoising step" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, values", [("guidance_scale", (7.5, 3.0)), ("num_inference_steps", (4, 6))]
+)
+def test_the_batch_key_separates_requests_that_differ_in(sd, field, values):
+    from impasto.diffusers.calls import batch_key
+
+    a, b = (validate(sd, "text2img", prompt="x", **{field: v}) for v in values)
+    same = validate(sd, "text2img", prompt="y", **{field: values[0]})
+    assert batch_key("text2img", a) != batch_key("text2img", b)
+    assert batch_key("text2img", a) == batch_key("text2img", same)

@@ -208,7 +208,7 @@ def test_mode_conversion():
 
 @pytest.mark.parametrize("data", [PNG[: len(PNG) // 2], b"hello, not an image", PNG[:30]])
 def test_broken_images_are_422_naming_the_field(data):
-    with pytest.raises(InputError, match=r"^photo: not a valid image") as err:
+    with pytest.raises(InputError, match=r"^photo: not a(n| valid) image") as err:
         decode_image(data, field="photo", config=CFG)
     assert err.value.field == "photo" and not isinstance(err.value, PayloadTooLarge)
 

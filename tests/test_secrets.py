@@ -39,3 +39,24 @@ def test_secrets_resolve_and_never_leak(serve_process, tmp_path):
     for text in [logs, *texts]:
         assert API_KEY not in text  # ...but the values never appear
         assert DB_PASSWORD not in text
+
+
+def test_an_embedded_app_redacts_its_logs_tracebacks_included(serve_thread, caplog, monkeypatch):
+    """No CLI, no logging setup: whoever embeds the app gets redacted records anyway."""
+    import logging
+
+    monkeypatch.setenv("IMPASTO_SECRET_API_KEY", API_KEY)
+    monkeypatch.setenv("IMPASTO_SECRET_DB_PASSWORD", DB_PASSWORD)
+    with caplog.at_level(logging.INFO):
+        server = serve_thread(PACKAGES / "secrets")
+        leak = server.client.post("/predict", json={"leak": True})
+        try:
+            raise RuntimeError(f"a library error quoting {API_KEY}")
+        except RuntimeError:
+            logging.getLogger("someone.else").exception("while serving")
+    assert leak.status_code == 500
+    text = caplog.text
+    assert "loaded with secrets" in text and "Traceback" in text and "***" in text
+    assert API_KEY not in text and DB_PASSWORD not in text
+    for record in caplog.records:
+        assert API_KEY not in (record.exc_text or "") and DB_PASSWORD not in (record.exc_text or "")

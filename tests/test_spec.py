@@ -26,9 +26,7 @@ async def _predict(package, payload, endpoint=None):
     runner = Runner(package.spec, package.factory(), package.config)
     assert await runner.load(), runner.load_error
     try:
-        ep = runner.endpoint(endpoint)
-        value = await runner.validate(ep, payload)
-        return await runner.call(ep.name, value, RequestContext())
+        return await runner.predict(payload, endpoint)
     finally:
         await runner.aclose()
 
@@ -51,7 +49,11 @@ def test_every_init_argument_combination(tmp_path, args, monkeypatch, serve_thre
 
         def predict(self, model_input):
             seen = dict(self.seen.get("kwargs", self.seen))
-            return {{k: type(v).__name__ for k, v in seen.items()}}
+            out = {{k: type(v).__name__ for k, v in seen.items()}}
+            if "environment" in seen:  # the name, and the mapping a Truss model reads
+                env = seen["environment"]
+                out["environment"] = [isinstance(env, str), env == "staging", env.get("name")]
+            return out
     """
     server = serve_thread(_write_package(tmp_path, code))  # over HTTP, as served
     response = server.client.post("/predict", json={})
@@ -66,7 +68,7 @@ def test_every_init_argument_combination(tmp_path, args, monkeypatch, serve_thre
     if "secrets" in out:
         assert out["secrets"] == "Secrets"
     if "environment" in out:
-        assert out["environment"] == "str"
+        assert out["environment"] == [True, True, "staging"]
 
 
 def test_unknown_init_argument_fails_fast_with_signature(tmp_path):
@@ -106,7 +108,9 @@ def test_flavours_are_read_once():
     assert ep.preprocess is not None and ep.preprocess.is_async
 
 
-def test_postprocess_with_streaming_predict_is_rejected():
+def test_postprocess_with_streaming_predict_loads_and_each_call_is_412():
+    from impasto import ModelDefinitionError
+
     class Model:
         def predict(self, model_input):
             yield 1
@@ -114,8 +118,19 @@ def test_postprocess_with_streaming_predict_is_rejected():
         def postprocess(self, out):
             return out
 
-    with pytest.raises(PackageError, match="postprocess cannot be combined"):
-        inspect_model(Model)
+    spec = inspect_model(Model)  # loads, as under Truss...
+    runner = Runner(spec, Model, parse_config({}))
+
+    async def call():
+        assert await runner.load()
+        try:
+            return await runner.predict({})
+        finally:
+            await runner.aclose()
+
+    with pytest.raises(ModelDefinitionError, match="cannot use postprocessing") as caught:
+        asyncio.run(call())  # ...and every call answers 412
+    assert caught.value.status == 412
 
 
 def test_parameters_become_an_input_schema():
@@ -166,3 +181,48 @@ def test_parse_config_defaults_are_sane():
     assert config.runtime.predict_concurrency == 1
     assert config.runtime.max_queue > 0
     assert config.batching.max_batch_size >= 1
+
+
+def test_loading_a_package_leaves_the_process_as_it_was(monkeypatch):
+    import os
+    import sys
+
+    from conftest import PACKAGES
+    from impasto import load_package
+
+    monkeypatch.delenv("ECHO_MODE", raising=False)
+    path_before, env_before = list(sys.path), dict(os.environ)
+    package = load_package(PACKAGES / "echo")  # environment_variables and a package dir
+    assert list(sys.path) == path_before and dict(os.environ) == env_before
+    with package.scope():  # serving it applies them...
+        assert os.environ["ECHO_MODE"] == "loud"
+        assert any(p.endswith("shared_lib") for p in sys.path)
+    assert list(sys.path) == path_before and dict(os.environ) == env_before  # ...and undoes
+
+
+@pytest.mark.parametrize("name", ["input", "data", "request", "payload"])
+def test_a_single_pydantic_parameter_is_validated_whatever_its_name(name):
+    from pydantic import BaseModel
+
+    class Prompt(BaseModel):
+        prompt: str
+        times: int = 1
+
+    namespace: dict = {"Prompt": Prompt}
+    exec(f"def predict(self, {name}: Prompt):\n    return {name}.prompt * {name}.times", namespace)
+    Model = type("Model", (), {"predict": namespace["predict"]})
+    endpoint = inspect_model(Model).default_endpoint
+    assert endpoint.call.style == "model" and endpoint.input_model is Prompt
+
+
+def test_an_annotation_that_cannot_be_resolved_fails_at_load_naming_it():
+    class Prompt:  # local: a string annotation naming it cannot be resolved later
+        pass
+
+    namespace: dict = {}
+    exec("def predict(self, request: 'Prompt'):\n    return request", namespace)
+    Model = type("Model", (), {"predict": namespace["predict"]})
+    with pytest.raises(
+        PackageError, match=r"cannot resolve the annotation .*Prompt.* of `request`"
+    ):
+        inspect_model(Model)

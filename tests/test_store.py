@@ -424,6 +424,7 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return str(local)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(store_hub, "offline_reason", lambda timeout=3.0: None)  # it answers
     return state
 
 
@@ -519,8 +520,36 @@ def test_download_that_fetched_nothing_leaves_nothing(
     store: ModelStore, fake_hub: dict[str, Any]
 ) -> None:
     fake_hub["offline"] = True
-    with pytest.raises(StoreError, match="name or service not known"):
+    with pytest.raises(StoreError, match="name or service not known") as err:
         store.import_hub("demo:v1", "org/repo")
+    assert "nothing was downloaded and nothing was kept" in err.value.message
+    assert "partial" not in err.value.message
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize("offline", ["env", "closed port"])
+def test_an_unreachable_hub_fails_at_once_saying_what_to_do(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch, offline: str
+) -> None:
+    import socket
+
+    import huggingface_hub
+
+    calls: list[str] = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: calls.append(a))
+    if offline == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(StoreError) as err:
+        store.import_hub("demo:v1", "org/repo")
+    message = err.value.message
+    assert "hub is unreachable" in message and "connected machine" in message
+    assert calls == []  # no download was attempted, so no retries
     assert leftovers(store) == []
 
 
@@ -634,3 +663,21 @@ def test_python_api_import_model(store: ModelStore, folder: Path) -> None:
         import_model("api-model:v2", folder, home=store.home, revision="main")
     with pytest.raises(StoreError, match="neither a folder nor a hub repo id"):
         import_model("api-model:v3", "/no/such/folder", home=store.home)
+
+
+def test_files_larger_than_one_read_are_hashed_and_copied_whole(tmp_path):
+    import hashlib
+    import io
+
+    from impasto.store.files import CHUNK, hash_file, hash_stream
+
+    data = bytes(range(256)) * (CHUNK * 2 // 256 + 3)  # two chunks and a partial third
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert hash_file(path) == expected
+    copy = io.BytesIO()
+    seen: list[int] = []
+    with path.open("rb") as src:
+        assert hash_stream(src, copy, seen.append) == (expected, len(data))
+    assert copy.getvalue() == data and seen == [CHUNK, CHUNK, len(data) - 2 * CHUNK]

@@ -3,32 +3,35 @@
 Two knobs bound a batch, ``max_batch_size`` items and ``max_batch_pixels``, and one bounds
 the wait, ``max_wait_ms``. The model's batch call must return exactly one output per input;
 a mismatch fails every caller in that batch with a clear error rather than mixing results.
+
+Each item is a :class:`~impasto.prediction.Prediction`: a batch forms only once a model slot
+is free, an item canceled while it waits (deadline, disconnect, cancel) is dropped before
+the batch runs and never reaches the model, and ``run`` starts the predictions it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .context import RequestContext
-from .errors import Canceled, ModelError
+from .errors import ModelError
+from .prediction import Prediction
 
 
 @dataclass
 class _Item:
     value: Any
-    ctx: RequestContext
+    prediction: Prediction
     key: Hashable
     items: int
     pixels: int
     future: asyncio.Future = field(repr=False)
 
 
-BatchFn = Callable[[list[Any], list[RequestContext]], Awaitable[list[Any]]]
+BatchFn = Callable[[list[Any], list[Prediction]], Awaitable[list[Any]]]
 
 
 class BatchQueue:
@@ -43,7 +46,9 @@ class BatchQueue:
         max_batch_pixels: int,
         key: Callable[[Any], Hashable] | None = None,
         cost: Callable[[Any], tuple[int, int]] | None = None,
-        slots: asyncio.Semaphore | None = None,
+        acquire: Callable[[], Awaitable[Any]] | None = None,
+        release: Callable[[], None] | None = None,
+        on_busy: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -57,19 +62,23 @@ class BatchQueue:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         # A batch forms only once a model slot is free, so items queue up while it is busy.
-        self._slots = slots or asyncio.Semaphore(1)
+        if acquire is None or release is None:
+            slots = asyncio.Semaphore(1)
+            acquire, release = slots.acquire, slots.release
+        self._acquire, self._release = acquire, release
+        self._on_busy = on_busy or (lambda _delta: None)
         self._running: set[asyncio.Task] = set()
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    async def submit(self, value: Any, ctx: RequestContext) -> Any:
+    async def submit(self, value: Any, prediction: Prediction) -> Any:
         """Queue one input and wait for its own output."""
         items, pixels = self._cost(value)
         item = _Item(
             value,
-            ctx,
+            prediction,
             self._key(value),
             max(1, items),
             max(0, pixels),
@@ -82,7 +91,6 @@ class BatchQueue:
         try:
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
-            ctx.cancel("disconnected")
             # nobody awaits this future any more; retrieve its outcome so none is reported lost
             item.future.add_done_callback(lambda f: f.cancelled() or f.exception())
             if item in self._pending:
@@ -125,15 +133,17 @@ class BatchQueue:
 
     async def _loop(self) -> None:
         while self._pending:
-            await self._slots.acquire()
+            await self._acquire()
+            self._on_busy(+1)
             handed_off = False
             try:
                 batch = await self._fill()
                 live = []
                 for item in batch:
-                    if item.ctx.cancelled:
+                    ctx = item.prediction.ctx
+                    if ctx.cancelled:  # canceled while queued: it never reaches the model
                         if not item.future.done():
-                            item.future.set_exception(Canceled("canceled before it ran"))
+                            item.future.set_exception(ctx.error())
                     else:
                         live.append(item)
                 if live:
@@ -143,11 +153,15 @@ class BatchQueue:
                     handed_off = True
             finally:
                 if not handed_off:
-                    self._slots.release()
+                    self._free()
+
+    def _free(self) -> None:
+        self._on_busy(-1)
+        self._release()
 
     def _finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)
-        self._slots.release()
+        self._free()
 
     async def _fill(self) -> list[_Item]:
         """Wait up to ``max_wait`` (from now) for the oldest item's batch to fill, then take it."""
@@ -168,11 +182,8 @@ class BatchQueue:
         return self._take() if self._pending else []
 
     async def _dispatch(self, batch: list[_Item]) -> None:
-        now = time.monotonic()
-        for item in batch:
-            item.ctx.timings["queue_s"] = now - item.ctx.created
         try:
-            outputs = await self._run([i.value for i in batch], [i.ctx for i in batch])
+            outputs = await self._run([i.value for i in batch], [i.prediction for i in batch])
             if not isinstance(outputs, list | tuple) or len(outputs) != len(batch):
                 got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
                 raise ModelError(

@@ -8,23 +8,38 @@ reported as warnings, never a crash.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
-
-class ConfigWarning(UserWarning):
-    """A config.yaml key impasto does not know (kept, not used)."""
+log = logging.getLogger("impasto.config")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_unset(cls, data: Any) -> Any:
+        """A key written with a ``null`` value means "not set" (tools write every optional
+        key that way): it takes its default."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?([KMGTPE]i?|[kmgtpe])?$")
@@ -64,8 +79,38 @@ class Runtime(_Section):
     wait_for_load: bool = Field(
         False, description="Hold predict requests while loading instead of answering 503."
     )
+    load_wait_s: float | None = Field(
+        300,
+        gt=0,
+        description="With wait_for_load, how long a request waits for the model to load "
+        "before 503 (None: until its own deadline).",
+    )
     streaming_read_timeout: float = Field(60, gt=0, description="Longest gap between chunks.")
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
+    max_json_depth: int = Field(
+        64, ge=1, description="Deepest nesting of arrays and objects in a JSON body (400 beyond)."
+    )
+    input_workers: int = Field(
+        4,
+        ge=1,
+        description="Threads that parse large bodies, fetch URLs, decode media and validate "
+        "inputs, apart from the threads that run the model.",
+    )
+    max_log_bytes: int = Field(
+        64 * 1024, ge=0, description="Log lines kept per prediction (oldest dropped first)."
+    )
+    max_request_items: int = Field(
+        16,
+        ge=1,
+        description="Inputs one request may carry (KServe `instances`, a tensor batch, OpenAI "
+        "`image[]`); each is its own prediction (400 beyond).",
+    )
+    shutdown_grace_s: float = Field(
+        25,
+        ge=0,
+        description="On SIGTERM, how long in-flight predictions may finish before the rest are "
+        "canceled (orchestrators send SIGKILL 30 s after SIGTERM).",
+    )
     enable_tracing_data: bool = False
     truss_server_version: str | None = None
     is_websocket_endpoint: bool = False
@@ -99,6 +144,15 @@ class MediaConfig(_Section):
     max_part_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Bytes per media field.")
     max_pixels: int = Field(4096 * 4096, gt=0, description="Pixels per decoded image.")
     max_frames: int = Field(600, gt=0, description="Frames per decoded video.")
+    max_decoded_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Decoded bytes (pixels x channels, frames included) across all media "
+        "fields of one request.",
+    )
+    max_list_items: int = Field(
+        16, ge=1, description="Items in one list-of-media field of a request."
+    )
     allowed_content_types: list[str] | None = Field(
         None, description="Accepted upload content types (None: any image/video/audio type)."
     )
@@ -114,11 +168,6 @@ class MediaConfig(_Section):
         1, ge=0, le=9, description="zlib level for PNG (1: fast; 6 is Pillow's slow default)."
     )
     data_uri: bool = Field(False, description="JSON media as `data:` URIs instead of plain base64.")
-
-
-class Secret(BaseModel):
-    name: str
-    default: str | None = None
 
 
 class ModelCacheEntry(_Section):
@@ -143,11 +192,6 @@ class EndpointConfig(_Section):
     name: str | None = None
     route: str | None = None
     batchable: bool = False
-
-
-class LoraRef(BaseModel):
-    ref: str
-    scale: float = 1.0
 
 
 class WarmupShape(BaseModel):
@@ -198,6 +242,47 @@ class DiffusersConfig(_Section):
     preview_every: int = Field(0, ge=0, description="Send a preview image every N steps over SSE.")
 
 
+# Health, readiness and metrics routes of every protocol: answered without a key so probes
+# keep working when API keys are on. ``*`` stands for one path segment; GET and HEAD only.
+OPEN_ROUTES = (
+    "/",
+    "/health/*",
+    "/ping",
+    "/healthcheck",
+    "/health-check",
+    "/models/*/health-check",
+    "/v1/models/*",
+    "/v1/models/*/loaded",
+    "/v2/health/*",
+    "/v2/models/*/ready",
+    "/v2/models/*/versions/*/ready",
+    "/v1/images/results/*",
+    "/metrics",
+)
+
+
+class AuthConfig(_Section):
+    """API keys on every protocol. The keys themselves are never written here: they come
+    from the secret ``api_keys`` (the secrets folder, or ``IMPASTO_SECRET_API_KEYS``) or
+    ``IMPASTO_API_KEYS``, comma-separated so they can rotate; with none, auth is off."""
+
+    open_routes: list[str] = Field(
+        default_factory=lambda: list(OPEN_ROUTES),
+        description="GET/HEAD paths answered without a key (`*`: one path segment).",
+    )
+    secret: str = Field("api_keys", description="The secret holding the comma-separated keys.")
+
+
+class UIConfig(_Section):
+    """The playground at ``/ui`` (needs ``pip install 'impasto[ui]'``)."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Serve the playground (default: when Gradio is installed and the server "
+        "binds to loopback; `impasto serve --ui/--no-ui` overrides).",
+    )
+
+
 class PackageConfig(_Section):
     """A whole ``config.yaml``."""
 
@@ -235,6 +320,13 @@ class PackageConfig(_Section):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     diffusers: DiffusersConfig | None = None
     secrets_dir: str | None = Field(None, description="Folder of secret files (default /secrets).")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
+
+    @field_validator("ui", mode="before")
+    @classmethod
+    def _ui_flag(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) or value is None else value
 
     @field_validator("secrets", mode="before")
     @classmethod
@@ -260,14 +352,50 @@ class PackageConfig(_Section):
         return str(value) if isinstance(value, float) else value
 
     def unknown_keys(self) -> list[str]:
-        """Keys present in the file that no section of impasto knows, with their dotted path."""
-        found = [str(k) for k in (self.model_extra or {})]
-        for name in ("resources", "runtime", "batching", "media"):
-            section = getattr(self, name)
-            found += [f"{name}.{k}" for k in (section.model_extra or {})]
+        """Keys present in the file that no section of impasto knows, with their dotted path
+        (not those left empty, such as ``weights: []`` or ``oidc: {enabled: null}``, nor
+        Truss's platform keys at the values its tooling writes: they ask for nothing)."""
+        return sorted(key for key, _ in self.typos())
+
+    def typos(self) -> list[tuple[str, str | None]]:
+        """Each unknown key (dotted path) with the closest key its section knows, if any."""
+        sections: list[tuple[str, BaseModel]] = [("", self)]
+        sections += [
+            (f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching", "ui", "auth")
+        ]
+        sections.append(("media.", self.media))
         if self.diffusers is not None:
-            found += [f"diffusers.{k}" for k in (self.diffusers.model_extra or {})]
+            sections.append(("diffusers.", self.diffusers))
+        found = []
+        for prefix, section in sections:
+            known = list(type(section).model_fields)
+            for key, value in (section.model_extra or {}).items():
+                if _empty(value) or _TRUSS_UNSET.get(f"{prefix}{key}", _NO) == value:
+                    continue
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+                found.append((f"{prefix}{key}", f"{prefix}{close[0]}" if close else None))
         return sorted(found)
+
+
+# Keys Truss's tooling writes for its platform, at the values it writes when they are not
+# set: they ask for nothing, so they load without a warning (set otherwise, they are named).
+_TRUSS_UNSET: dict[str, Any] = {
+    "bdn": {"access": [], "hotload": {"enabled": False}, "mounts": []},
+    "use_local_src": False,
+    "input_type": "Any",
+    "model_framework": "custom",
+    "model_type": "Model",
+    "runtime.enable_debug_logs": False,
+    "runtime.remote_ssh": {"enabled": False},
+}
+_NO = object()
+
+
+def _empty(value: Any) -> bool:
+    """None, an empty string or collection, or a mapping of only such values."""
+    if isinstance(value, dict):
+        return all(_empty(v) for v in value.values())
+    return value is None or (isinstance(value, str | list) and not value)
 
 
 def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") -> PackageConfig:
@@ -284,20 +412,34 @@ def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") ->
         raise ConfigError(
             f"{source}: invalid value for `{key}`: {value!r} ({err['msg']})", field=key
         ) from None
-    unknown = config.unknown_keys()
-    if unknown:
-        warnings.warn(
-            f"{source}: unknown keys ignored: {', '.join(unknown)}", ConfigWarning, stacklevel=2
-        )
+    for key, close in config.typos():
+        hint = f" (did you mean `{close}`?)" if close else ""
+        log.warning("%s: unknown key `%s` ignored%s", source, key, hint)
     return config
 
 
-def load_config(path: Path) -> PackageConfig:
-    """Read and validate ``config.yaml`` (a missing file means all defaults)."""
-    if not path.exists():
-        return parse_config({}, source=str(path))
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PackageConfig:
+    """Read and validate ``config.yaml`` (a missing file means all defaults), with
+    ``overrides`` (e.g. a models.yaml entry's) merged over it key by key."""
+    data: Any = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = deep_merge(data, overrides)
     return parse_config(data, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,75 +1,131 @@
-"""Prometheus metrics for one server, in its own registry (no process-wide globals)."""
+"""Prometheus metrics for one server, in its own registry (no process-wide globals).
+
+Every series has a ``model`` label, so several models behind one server stay apart. Outcomes
+are ``ok`` or the error type a request ended with (``invalid_input``, ``too_large``...,
+``overloaded`` and ``not_ready`` for requests refused at admission included).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .context import Event
+
+_CANCEL_OUTCOMES = ("timeout", "canceled", "shutting_down")
 
 
 class Metrics:
-    """Request counts and latency by endpoint and outcome, plus cancellations and queue depth."""
+    """Request counts and latency by model, endpoint and outcome; cancellations by reason;
+    progress steps; batch sizes; and the queue depth each model's autoscaler reads."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._steps: dict[str, Any] = {}
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.requests = Counter(
             "impasto_requests",
-            "Predictions by endpoint and outcome (ok or the error type).",
-            ["endpoint", "outcome"],
+            "Predictions by model, endpoint and outcome (ok or the error type).",
+            ["model", "endpoint", "outcome"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "impasto_request_seconds",
-            "Time from admission to result, by endpoint.",
-            ["endpoint"],
+            "Time from admission to the end of a prediction, by model and endpoint.",
+            ["model", "endpoint"],
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.canceled = Counter(
             "impasto_canceled",
-            "Requests stopped early because the client went away or the deadline passed.",
-            ["endpoint", "reason"],
+            "Predictions stopped early, by reason: timeout, disconnected, shutdown, canceled.",
+            ["model", "endpoint", "reason"],
             registry=self.registry,
         )
         self.steps = Counter(
             "impasto_progress_steps",
-            "Progress steps reported by models (e.g. denoising steps), by endpoint.",
-            ["endpoint"],
+            "Progress steps reported by models (e.g. denoising steps).",
+            ["model", "endpoint"],
             registry=self.registry,
         )
         self.batch_size = Histogram(
             "impasto_batch_size",
-            "Inputs merged into one batched model call, by endpoint.",
-            ["endpoint"],
+            "Inputs merged into one batched model call.",
+            ["model", "endpoint"],
             registry=self.registry,
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
         )
         self.queue = Gauge(
-            "impasto_queue_depth", "Requests waiting for a model slot.", registry=self.registry
+            "impasto_queue_depth",
+            "Admitted predictions not yet running (waiting for a slot or a batch), by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "impasto_in_flight",
+            "Admitted predictions not yet ended (waiting or running), by model.",
+            ["model"],
+            registry=self.registry,
         )
 
-    def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
-        key = (endpoint, outcome)
+    def observe(
+        self, model: str, endpoint: str, outcome: str, seconds: float, reason: str | None = None
+    ) -> None:
+        key = (model, endpoint, outcome)
         children = self._children.get(key)
-        if children is None:  # label lookups are slow; keep the children per endpoint
-            children = (self.requests.labels(endpoint, outcome), self.latency.labels(endpoint))
+        if children is None:  # label lookups are slow; keep the children
+            children = (
+                self.requests.labels(model, endpoint, outcome),
+                self.latency.labels(model, endpoint),
+            )
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
-        if outcome in ("canceled", "timeout"):
-            self.canceled.labels(endpoint, outcome).inc()
+        if outcome in _CANCEL_OUTCOMES:
+            self.canceled.labels(model, endpoint, reason or outcome).inc()
 
-    def subscribe(self, ctx: Any, endpoint: str) -> None:
-        """Count the progress events of one request."""
-        counter = self._steps.get(endpoint)
-        if counter is None:
-            counter = self._steps[endpoint] = self.steps.labels(endpoint)
-        ctx.subscribe(lambda event: counter.inc() if event.kind == "progress" else None)
+    def refused(self, model: str, endpoint: str, outcome: str) -> None:
+        """A request refused before it became a prediction (429, 503, 404...)."""
+        self.requests.labels(model, endpoint, outcome).inc()
+
+    def listener(self, model: str) -> Callable[[Any, Event], None]:
+        """A runner-level listener counting the progress events of ``model``'s predictions."""
+        children: dict[str, Any] = {}
+
+        def on_event(prediction: Any, event: Event) -> None:
+            if event.kind == "progress":
+                counter = children.get(prediction.endpoint)
+                if counter is None:
+                    counter = children[prediction.endpoint] = self.steps.labels(
+                        model, prediction.endpoint
+                    )
+                counter.inc()
+
+        return on_event
+
+    def observe_batch(self, model: str, endpoint: str, size: int) -> None:
+        self.batch_size.labels(model, endpoint).observe(size)
+
+    def track(
+        self, model: str, queued: Callable[[], float], in_flight: Callable[[], float]
+    ) -> None:
+        """Report ``model``'s queue depth and predictions in flight, read at each scrape
+        (nothing to update on the request path)."""
+        self.queue.labels(model).set_function(queued)
+        self.in_flight.labels(model).set_function(in_flight)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """impasto's metrics, then those the model registered on prometheus_client's
+        default registry (and that registry's process and platform collectors)."""
+        return generate_latest(self.registry) + generate_latest(REGISTRY)

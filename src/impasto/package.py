@@ -2,26 +2,34 @@
 
 A package is ``config.yaml`` + ``model/model.py`` (+ ``data/``, ``packages/``,
 ``examples.yaml``). A package whose config has a ``diffusers:`` section needs no model.py.
+Folders made for other systems (a SageMaker model folder, an OctoAI-style service) load
+through :mod:`impasto.formats` into the same kind of package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import PackageConfig, load_config
+from .config import PackageConfig, deep_merge, load_config, parse_config
+from .environment import Environment
 from .errors import ConfigError, NotFound, PackageError
+from .formats import detect_format
 from .secrets import Redactor, Secrets, resolve_secrets
 from .spec import ModelSpec, inspect_model
+
+log = logging.getLogger("impasto.package")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,24 @@ class Package:
         return self.config.model_name or self.root.name
 
     @property
+    def kind(self) -> str:
+        """Which protocol's dialect shared routes answer in: the kind a model class declares
+        (``impasto_kind``: ``sagemaker``, ``octoai``), ``truss`` for a model class with its
+        own ``predict`` or ``websocket`` (the Truss-shaped package), ``impasto`` for the rest
+        (zero-code diffusers, ``@impasto.endpoint`` classes)."""
+        from .diffusers.model import DiffusersModel
+
+        cls = self.spec.cls
+        declared = getattr(cls, "impasto_kind", None)
+        if isinstance(declared, str):
+            return declared
+        if issubclass(cls, DiffusersModel):
+            return "impasto"
+        if callable(getattr(cls, "predict", None)) or "websocket" in self.spec.hooks:
+            return "truss"
+        return "impasto"
+
+    @property
     def data_dir(self) -> Path:
         return (self.root / self.config.data_dir).resolve()
 
@@ -55,11 +81,27 @@ class Package:
             "config": self.config.model_dump(mode="python"),
             "data_dir": self.data_dir,
             "secrets": self.secrets,
-            "environment": self.environment,
+            "environment": Environment(self.environment) if self.environment else None,
         }
         spec = self.spec
         kwargs = available if spec.init_kwargs else {k: available[k] for k in spec.init_args}
         return lambda: spec.cls(**kwargs)
+
+    def before_load(self, model: Any) -> Any:
+        """Run the model's ``setup_environment(environment)`` (when it has one and an
+        environment is set) on the built model, before ``load()``; an async one returns
+        its awaitable for the runner to await."""
+        if not self.environment or "setup_environment" not in self.spec.hooks:
+            return None
+        log.info("%s: setup_environment(%r)", self.name, self.environment)
+        return model.setup_environment(Environment(self.environment))
+
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """The package's ``environment_variables`` and import folders (``packages/``,
+        ``external_package_dirs``): in effect while it is imported, and while a runner serves
+        it (from load to close), undone afterwards; plus whatever the model class needs in
+        scope (``impasto_scope``: the OctoAI SDK modules of an OctoAI-style service)."""
+        return package_scope(self.root, self.config, getattr(self.spec.cls, "impasto_scope", None))
 
     def examples(self) -> list[Example]:
         return load_examples(self.root / self.config.examples_filename)
@@ -86,25 +128,38 @@ def load_examples(path: Path) -> list[Example]:
 
 
 def load_package(
-    path: str | Path, *, environment: str | None = None, secrets_dir: str | Path | None = None
+    path: str | Path,
+    *,
+    environment: str | None = None,
+    secrets_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Package:
-    """Read a package folder and inspect its model class (does not build or load the model)."""
+    """Read a package folder and inspect its model class (does not build or load the model);
+    ``overrides`` are merged over its config.yaml (a models.yaml entry's name and settings)."""
     root = Path(path).resolve()
     if not root.is_dir():
         raise PackageError(f"{root} is not a folder; pass the package folder (with config.yaml)")
-    config = load_config(root / "config.yaml")
-    for key, value in config.environment_variables.items():
-        os.environ.setdefault(key, value)
-    _extend_sys_path(root, config)
-    cls = _model_class(root, config)
-    spec = inspect_model(cls, config.endpoints)
+    fmt = detect_format(root)
+    config = fmt.config(root) if fmt else load_config(root / "config.yaml", overrides)
+    if fmt and overrides:
+        config = parse_config(deep_merge(config.model_dump(mode="python"), overrides))
+    with package_scope(root, config):
+        cls = fmt.model_class(root, config) if fmt else _model_class(root, config)
+        spec = inspect_model(cls, config.endpoints)
     secrets = resolve_secrets(config.secrets, secrets_dir or config.secrets_dir)
     env = environment or os.environ.get("IMPASTO_ENVIRONMENT") or None
     return Package(root, config, spec, secrets, env, Redactor(secrets))
 
 
-def _extend_sys_path(root: Path, config: PackageConfig) -> None:
-    """Make ``packages/`` and every ``external_package_dirs`` entry importable."""
+@contextlib.contextmanager
+def package_scope(
+    root: Path,
+    config: PackageConfig,
+    extra: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+) -> Iterator[None]:
+    """Set the package's environment variables (those not already set) and put
+    ``packages/`` and every ``external_package_dirs`` entry on ``sys.path`` for the block
+    (and enter ``extra()``), then put back exactly what it changed."""
     dirs = [root / config.bundled_packages_dir]
     for entry in config.external_package_dirs:
         folder = (root / entry).resolve()
@@ -114,9 +169,30 @@ def _extend_sys_path(root: Path, config: PackageConfig) -> None:
                 field="external_package_dirs",
             )
         dirs.append(folder)
-    for folder in dirs:
-        if folder.is_dir() and str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
+    added_dirs = [str(f) for f in dirs if f.is_dir() and str(f) not in sys.path]
+    added_env = {}
+    for key, value in config.environment_variables.items():
+        if key not in os.environ:
+            added_env[key] = value
+        elif os.environ[key] != value:
+            log.warning(
+                "%s: environment_variables.%s is already set in this process; keeping the "
+                "value already there",
+                root.name,
+                key,
+            )
+    sys.path[:0] = added_dirs
+    os.environ.update(added_env)
+    try:
+        with extra() if extra is not None else contextlib.nullcontext():
+            yield
+    finally:
+        for folder in added_dirs:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+        for key, value in added_env.items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
 
 
 def _model_class(root: Path, config: PackageConfig) -> type:

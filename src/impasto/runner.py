@@ -1,56 +1,70 @@
-"""The one owner of a loaded model: load state, concurrency, queueing, batching, timeouts.
+"""The one owner of a loaded model: load state, admission, decoding, slots, batching, streams.
 
-Every route ends in :meth:`Runner.call` with (endpoint name, validated input, request
-context) and gets back a value, or an async iterator for a streaming endpoint. Routes never
-touch the model object; they only shape requests and responses around this call.
+Every call, whatever protocol it came in by, goes through the same four runner steps::
 
-Request flow::
-
-    validate (thread) -> preprocess -> [queue -> slot -> predict | batch] -> postprocess
+    admit(endpoint)          -> Prediction, or 429 / 503 at once (before any body is read)
+    decode(prediction, body) -> the validated input (media decoded in the input pool)
+    run(prediction, value)   -> the output, or an async iterator for a streaming endpoint
+    (the owner ends it)      -> prediction.succeed(output) / prediction.finish(error)
 
 ``preprocess``/``postprocess`` run outside the slot so they overlap with other requests'
 predictions; ``runtime.predict_concurrency`` slots bound the predictions running at once and
-``runtime.max_queue`` bounds the requests waiting for one (429 beyond it).
+the admission limit bounds the predictions in flight: ``runtime.max_queue`` waiting beyond
+what the slots (times ``batching.max_batch_size`` for a batched endpoint, or one that
+batches itself) can hold. A
+deadline, a disconnect, a shutdown or an explicit cancel all go through
+:meth:`Prediction.abort`, so the reason a prediction ended is always the true one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import logging
-import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.responses import Response
 
+from . import logs
 from .batching import BatchQueue
+from .calls import (
+    RESPONSE_POSTPROCESS,
+    STREAM_POSTPROCESS,
+    ModelCalls,
+    awaited,
+    is_stream,
+)
 from .config import PackageConfig
-from .context import RequestContext
+from .context import OutputPrefs, RequestContext
 from .errors import (
-    Canceled,
     ImpastoError,
     InputError,
-    ModelError,
     NotFound,
     NotReady,
     Overloaded,
     PredictTimeout,
+    ShuttingDown,
     pydantic_errors,
 )
+from .loading import Loader
+from .media.budget import DecodeBudget
+from .prediction import Prediction
+from .slots import Slots
 from .spec import CallSpec, EndpointSpec, ModelSpec
+from .streams import drain
 
 log = logging.getLogger("impasto.runner")
 
-STATES = ("pending", "loading", "ready", "failed")
+INLINE_VALIDATION_BYTES = 64 * 1024  # smaller bodies without media validate on the loop
 
 
 class Runner:
-    """Loads one model and runs every request against it under the configured limits."""
+    """Loads one model and runs every prediction against it under the configured limits."""
 
     def __init__(
         self,
@@ -58,99 +72,131 @@ class Runner:
         factory: Callable[[], Any],
         config: PackageConfig,
         *,
+        name: str = "model",
+        kind: str = "impasto",
         metrics: Any = None,
         redact: Callable[[str], str] = lambda text: text,
+        scope: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        before_load: Callable[[Any], Any] | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
+        self.name = name
+        self.kind = kind  # the dialect shared routes answer in: truss, sagemaker, impasto...
         self.metrics = metrics
         self.redact = redact
-        self._factory = factory
-        self.model: Any = None
-        self.state = "pending"
-        self.load_error: str | None = None
-        self.load_seconds: float | None = None
-        self._ready = asyncio.Event()
-        self._done = asyncio.Event()
+        self.closing = False
+        # Set by a registry that loads this model on demand (lazy loading, eviction): called
+        # at admission while the model is not loaded; the request then waits for the load.
+        self.on_demand: Callable[[Runner], None] | None = None
+        self.last_used = 0.0  # monotonic time of the last admission (least recently used)
         rt = config.runtime
-        self._slots = asyncio.Semaphore(rt.predict_concurrency)
-        self._waiting = 0
+        self._slots = Slots(rt.predict_concurrency)
+        # Endpoints that batch themselves (continuous batching) run one prediction per call,
+        # up to a batch's worth per slot, in places of their own.
+        per_batch = rt.predict_concurrency * config.batching.max_batch_size
+        self._shared = Slots(per_batch)
+        self._busy = 0  # slots in use, abandoned threads included
+        self._queued = 0  # admitted predictions that do not hold the model yet
+        self._live: set[Prediction] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._executor = ThreadPoolExecutor(
             max_workers=rt.predict_concurrency + 8, thread_name_prefix="impasto-model"
         )
+        self.calls = ModelCalls(
+            lambda: self.loading.model, self._executor, name=name, redact=redact
+        )
+        self._inputs = ThreadPoolExecutor(
+            max_workers=rt.input_workers, thread_name_prefix="impasto-input"
+        )
         self._batchers: dict[str, BatchQueue] = {}
-        self._load_task: asyncio.Task | None = None
+        self._capacity: dict[str, int] = {}
+        # Media are decoded only by the predictions that will run next: what the slots can
+        # run plus one per input worker. The rest wait holding their raw bodies only.
+        batched = any(ep.batch_call or ep.batches_itself for ep in spec.endpoints.values())
+        per_slot = config.batching.max_batch_size if batched else 1
+        self._decoding = Slots(rt.predict_concurrency * per_slot + rt.input_workers)
+        self._decoders: set[Prediction] = set()
+        self.loading = Loader(
+            spec,
+            factory,
+            name=name,
+            thread=self.calls.thread,
+            timeout=rt.load_timeout_s,
+            redact=redact,
+            scope=scope,
+            before_load=before_load,
+        )
+        self._listeners = [metrics.listener(name)] if metrics is not None else []
+        if metrics is not None:
+            metrics.track(name, lambda: self._queued, lambda: len(self._live))
 
-    # loading ------------------------------------------------------------------------------
+    # loading (the state machine is the Loader's) -----------------------------------------
     def start(self) -> asyncio.Task:
-        """Begin loading in the background (idempotent); requests get 503 until it finishes."""
-        if self._load_task is None:
-            self._load_task = asyncio.create_task(self.load(), name="impasto-load")
-        return self._load_task
+        """Begin loading in the background (idempotent); admission answers 503 until then."""
+        return self.loading.start()
 
     async def load(self) -> bool:
-        """Instantiate the model and run its ``load()`` once; True when it is ready."""
-        if self.state != "pending":
-            await self._done.wait()
-            return self.state == "ready"
-        self.state = "loading"
-        started = time.monotonic()
-        timeout = self.config.runtime.load_timeout_s
-        try:
-            self.model = await self._thread(self._factory)
-            if self.spec.has_load:
-                work = (
-                    self.model.load() if self.spec.load_is_async else self._thread(self.model.load)
-                )
-                await asyncio.wait_for(work, timeout) if timeout else await work
-        except BaseException as exc:
-            self.state = "failed"
-            if isinstance(exc, asyncio.TimeoutError) and _deadline_hit(exc):
-                self.load_error = (
-                    f"load() did not finish within {timeout} s (runtime.load_timeout_s)"
-                )
-            else:
-                self.load_error = self.redact(f"{type(exc).__name__}: {exc}")
-            log.error(
-                "model failed to load: %s\n%s",
-                self.load_error,
-                self.redact(traceback.format_exc()),
-            )
-            self._done.set()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return False
-        self.load_seconds = time.monotonic() - started
-        self.state = "ready"
-        log.info("model loaded in %.2f s", self.load_seconds)
-        self._ready.set()
-        self._done.set()
-        return True
+        """Build the model and run its ``load()`` once; True when it is ready."""
+        return await self.loading.load()
+
+    @property
+    def model(self) -> Any:
+        return self.loading.model
+
+    @property
+    def state(self) -> str:
+        """pending -> loading -> ready | failed; ready -> unloading -> unloaded -> loading..."""
+        return self.loading.state
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.loading.ready
+
+    @property
+    def load_error(self) -> str | None:
+        return self.loading.error
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self.loading.seconds
+
+    @property
+    def load_started_at(self) -> float | None:
+        return self.loading.started_at
+
+    @property
+    def load_completed_at(self) -> float | None:
+        return self.loading.completed_at
+
+    async def healthy(self) -> bool | None:
+        """The model's own ``is_healthy()`` (see :meth:`Loader.healthy`)."""
+        return await self.loading.healthy()
 
     async def wait_loaded(self) -> bool:
-        await self._done.wait()
+        await self.loading.done.wait()
         return self.ready
 
-    async def _ensure_ready(self, ctx: RequestContext) -> None:
-        if self.state == "ready":
-            return
-        if self.state == "failed":
-            raise NotReady(f"the model failed to load ({self.load_error}); see the server log")
-        if self.config.runtime.wait_for_load:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._done.wait(), ctx.remaining())
-            if self.state == "ready":
-                return
-            if self.state == "loading" and ctx.expired:
-                raise PredictTimeout(self._timeout_message("while the model was loading"))
-        raise NotReady(
-            "the model is still loading; retry when GET /health/ready answers 200",
-            headers={"Retry-After": "1"},
-        )
+    def _load_failed(self) -> NotReady:
+        return NotReady(f"the model failed to load ({self.load_error}); see the server log")
+
+    async def _wait_loaded(self, p: Prediction) -> None:
+        """Hold a prediction until the model is loaded (``runtime.wait_for_load``, or a
+        model loaded on demand)."""
+        p.ctx.stage = "while the model was loading"
+        limit = self.config.runtime.load_wait_s
+        while self.state != "ready":  # an unload in between makes a new event to wait on
+            if self.state == "failed":
+                raise self._load_failed()
+            try:  # the deadline aborts this wait: 504
+                await asyncio.wait_for(self.loading.done.wait(), limit)
+            except asyncio.TimeoutError:
+                raise NotReady(
+                    f"the model is still loading after {limit} s (runtime.load_wait_s); retry "
+                    "when it is ready",
+                    headers={"Retry-After": "1"},
+                ) from None
 
     # endpoints ----------------------------------------------------------------------------
     def endpoint(self, name: str | None) -> EndpointSpec:
@@ -160,299 +206,369 @@ class Runner:
         try:
             return self.spec.endpoints[name]
         except KeyError:
-            known = ", ".join(self.spec.endpoints)
+            known = ", ".join(self.spec.endpoints) or "none (it serves a websocket)"
             raise NotFound(f"no endpoint named {name!r}; this model serves: {known}") from None
 
-    async def validate(self, endpoint: EndpointSpec, payload: Any) -> Any:
-        """Check ``payload`` against the endpoint's input schema (media decode runs here too,
-        in a worker thread so the event loop stays free)."""
+    # admission ----------------------------------------------------------------------------
+    def capacity(self, endpoint: EndpointSpec) -> int:
+        """Predictions of this model that may be in flight before 429: what the slots can run
+        (a batch per slot for a batched endpoint) plus ``runtime.max_queue`` waiting."""
+        limit = self._capacity.get(endpoint.name)
+        if limit is None:
+            batched = self._batches(endpoint) or endpoint.batches_itself
+            per_slot = self.config.batching.max_batch_size if batched else 1
+            rt = self.config.runtime
+            limit = self._capacity[endpoint.name] = rt.max_queue + rt.predict_concurrency * per_slot
+        return limit
+
+    def admit(
+        self,
+        endpoint: EndpointSpec,
+        *,
+        request_id: str | None = None,
+        output: OutputPrefs | None = None,
+    ) -> Prediction:
+        """A place in this model's queue, or an error at once: 503 while loading (unless
+        ``runtime.wait_for_load``), after a failed load or while shutting down, 429 when full.
+        Nothing about the request has been read yet, so refusing costs nothing."""
+        if self.closing:
+            raise ShuttingDown(
+                "the server is shutting down; retry on another replica",
+                headers={"Retry-After": "1"},
+            )
+        if self.state != "ready":
+            if self.state == "failed":
+                raise self._load_failed()
+            if self.on_demand is not None:
+                if self.state in ("pending", "unloaded", "unloading"):
+                    self.on_demand(self)  # loads it (after evicting another, if need be)
+            elif not self.config.runtime.wait_for_load:
+                raise NotReady(
+                    "the model is still loading; retry when GET /health/ready answers 200",
+                    headers={"Retry-After": "1"},
+                )
+        limit = self.capacity(endpoint)
+        if len(self._live) >= limit:
+            raise Overloaded(
+                f"too many requests: {len(self._live)} are in flight for {self.name} "
+                f"(runtime.max_queue={self.config.runtime.max_queue}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        rt = self.config.runtime
+        ctx = RequestContext(request_id, output=output)
+        ctx.timeout_s = rt.predict_timeout_s
+        p = Prediction(
+            ctx,
+            model=self.name,
+            endpoint=endpoint.name,
+            listeners=self._listeners,
+            on_end=self._ended,
+            max_log_bytes=rt.max_log_bytes,
+        )
+        p.set_deadline(rt.predict_timeout_s)
+        self.last_used = ctx.created
+        self._live.add(p)
+        self._idle.clear()
+        self._set_queued(+1)
+        return p
+
+    def _ended(self, p: Prediction) -> None:
+        if p.started_at is None:
+            self._set_queued(-1)
+        if p in self._decoders:
+            self._decoders.discard(p)
+            self._decoding.release()
+        self._live.discard(p)
+        if not self._live:
+            self._idle.set()
+        if self.metrics is not None:
+            seconds = p.ctx.timings.get("total", 0.0)
+            self.metrics.observe(self.name, p.endpoint, p.outcome, seconds, p.ctx.cancel_reason)
+
+    def _set_queued(self, delta: int) -> None:
+        self._queued += delta
+
+    def _started(self, p: Prediction) -> None:
+        if p.started_at is None and not p.done:
+            self._set_queued(-1)
+            p.start()
+
+    # decoding -----------------------------------------------------------------------------
+    async def decode(self, p: Prediction, payload: Any, *, size: int | None = None) -> Any:
+        """Validate ``payload`` against the endpoint's input schema; small plain bodies on the
+        loop, the rest in the input pool (so slow inputs never hold a model thread).
+
+        Media are decoded (and URLs fetched) under the request's decode budget, and only by
+        the predictions that will run next: a decode permit (what the slots can run, plus one
+        per input worker) is taken first and held until the prediction ends, so requests
+        waiting further back hold their raw bodies, never decoded pixels."""
+        endpoint = self.spec.endpoints[p.endpoint]
         model = endpoint.input_model
         if model is None:
+            p.input = payload
             return payload
         if not isinstance(payload, dict):
-            raise InputError(
+            error = InputError(
                 f"expected a JSON object with the fields of {model.__name__}, "
                 f"got {type(payload).__name__}",
                 field="body",
             )
-        context = {"media": self.config.media}
+            try:  # pydantic's own words too, for adapters that report them
+                model.model_validate(payload)
+            except ValidationError as exc:
+                error.details = pydantic_errors(exc).details
+            raise error
+        media = self.config.media
+        context = {"media": media, "budget": DecodeBudget(media) if endpoint.has_media else None}
 
         def check() -> Any:
             try:
                 return model.model_validate(payload, context=context)
             except ValidationError as exc:
-                raise pydantic_errors(exc) from None
+                raise pydantic_errors(exc, model=model) from None
 
-        return await self._thread(check)
+        if endpoint.has_media:
+            p.ctx.stage = "while waiting in the queue"
+            await self._decoding.acquire()  # held until the prediction ends
+            self._decoders.add(p)
+            value = await self.in_input_pool(check)
+        elif (size or 0) > INLINE_VALIDATION_BYTES:
+            value = await self.in_input_pool(check)
+        else:
+            value = check()
+        p.input = value
+        return value
 
-    # calling ------------------------------------------------------------------------------
-    async def call(self, name: str | None, value: Any, ctx: RequestContext) -> Any:
-        """Run one validated input through the endpoint; returns the output, or an async
-        iterator of chunks when the endpoint streams."""
-        endpoint = self.endpoint(name)
-        await self._ensure_ready(ctx)
-        if self.metrics is not None:
-            self.metrics.subscribe(ctx, endpoint.name)
-        started = time.monotonic()
-        status = "ok"
+    async def in_input_pool(self, fn: Callable[[], Any]) -> Any:
+        """Run input work (parsing, fetching, decoding) in the bounded input pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._inputs, fn)
+
+    # running ------------------------------------------------------------------------------
+    async def run(self, p: Prediction, value: Any) -> Any:
+        """Run one validated input; the output, or an async iterator of chunks for a
+        streaming endpoint (the prediction ends with the stream). Errors are ImpastoErrors;
+        an abort raises CancelledError, which the owner turns into ``ctx.error()``."""
+        endpoint = self.spec.endpoints[p.endpoint]
+        if self.state != "ready":
+            await self._wait_loaded(p)
+        p.ctx.stage = ""
         try:
             if endpoint.preprocess:
-                value = await self._in_time(self._invoke(endpoint.preprocess, value, ctx), ctx)
+                value = await self.calls.invoke(endpoint.preprocess, value, p.ctx)
             if endpoint.streams:
-                return await self._stream(endpoint, value, ctx)
-            # A batchable method only takes lists, so it always goes through the queue (a batch
-            # of one when batching is off); predict + predict_batch can skip it.
-            must_batch = endpoint.call is endpoint.batch_call
-            if endpoint.batch_call and (self.config.batching.enabled or must_batch):
-                value = await self._batched(endpoint, value, ctx)
+                if endpoint.postprocess:
+                    raise self.calls.definition_error(STREAM_POSTPROCESS, p.ctx)
+                return await self._stream(endpoint, value, p)
+            if not endpoint.slotted:  # beside the predictions, as pre/postprocess run
+                self._started(p)
+                value = await self.calls.invoke(endpoint.call, value, p.ctx)
+            elif self._batches(endpoint):
+                value = await self._batcher(endpoint).submit(value, p)
             else:
-                value = await self._slot(
-                    ctx, lambda: self._invoke(endpoint.call, value, ctx), endpoint.call.is_async
-                )
+                slots = self._shared if endpoint.batches_itself else self._slots
+                value = await self._in_slot(endpoint.call, value, p, slots)
+            if is_stream(value):  # a generator returned (not yielded) streams too
+                if endpoint.postprocess:
+                    raise self.calls.definition_error(STREAM_POSTPROCESS, p.ctx)
+                return await self._drain(value, p, slotted=endpoint.slotted)
             if endpoint.postprocess:
-                value = await self._in_time(self._invoke(endpoint.postprocess, value, ctx), ctx)
+                if isinstance(value, Response):
+                    raise self.calls.definition_error(RESPONSE_POSTPROCESS, p.ctx)
+                value = await self.calls.invoke(endpoint.postprocess, value, p.ctx)
+                if is_stream(value):
+                    return await self._drain(value, p, slotted=False)
             return value
-        except ImpastoError as exc:
-            status = exc.type
-            raise
-        except asyncio.CancelledError:
-            status = "canceled"
-            ctx.cancel("disconnected")
+        except (ImpastoError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            status = "model_error"
-            raise self._model_error(exc, ctx) from exc
-        finally:
-            ctx.timings["total"] = time.monotonic() - started
-            if self.metrics is not None:
-                self.metrics.observe(endpoint.name, status, time.monotonic() - started)
+            raise self.calls.model_error(exc, p.ctx) from exc
 
-    async def _in_time(self, work: Any, ctx: RequestContext) -> Any:
-        """Await ``work`` (a pre/postprocess call, outside the slot) within the deadline."""
-        try:
-            return await asyncio.wait_for(work, ctx.remaining())
-        except asyncio.TimeoutError as exc:
-            if not _deadline_hit(exc):  # the model's own TimeoutError: a model error
-                raise
-            ctx.cancel("timeout")
-            raise PredictTimeout(self._timeout_message()) from None
+    def _batches(self, endpoint: EndpointSpec) -> bool:
+        # A batchable method only takes lists, so it always goes through the queue (a batch
+        # of one when batching is off); predict + predict_batch can skip it.
+        if endpoint.batch_call is None:
+            return False
+        return self.config.batching.enabled or endpoint.call is endpoint.batch_call
 
-    def _model_error(self, exc: BaseException, ctx: RequestContext) -> ModelError:
-        message = self.redact(f"{type(exc).__name__}: {exc}")
-        log.error(
-            "request %s: model raised %s\n%s",
-            ctx.request_id,
-            message,
-            self.redact("".join(traceback.format_exception(exc))),
-        )
-        return ModelError(message)
+    async def acquire(self, p: Prediction, slots: Slots | None = None) -> None:
+        """Wait for a model slot (the deadline or a cancel aborts the wait)."""
+        p.ctx.stage = "while waiting in the queue"
+        await (slots or self._slots).acquire()
+        self._busy += 1
+        p.ctx.stage = ""
 
-    async def _slot(self, ctx: RequestContext, work: Callable[[], Any], is_async: bool) -> Any:
-        """Wait for a prediction slot (bounded queue, deadline) and run ``work`` in it."""
-        await self._admit(ctx)
-        ctx.timings["queue_s"] = time.monotonic() - ctx.created
-        if is_async and ctx.deadline is None:
-            # Coroutine work with no deadline: cancellation reaches it directly, so the slot
-            # can be released as soon as it ends (no task, no shield).
+    def release(self, _: Any = None, slots: Slots | None = None) -> None:
+        self._busy -= 1
+        (slots or self._slots).release()
+
+    async def _in_slot(self, call: CallSpec, value: Any, p: Prediction, slots: Slots) -> Any:
+        await self.acquire(p, slots)
+        self._started(p)
+        release = partial(self.release, slots=slots)
+        if call.is_async:  # an abort cancels the coroutine itself: the slot frees at once
+            token = logs.enter((p.ctx,))
             try:
-                return await work()
-            except asyncio.CancelledError:
-                ctx.cancel("disconnected")
-                raise
+                return await call.bind(self.model, value, p.ctx)()
             finally:
-                self._slots.release()
-        task = asyncio.ensure_future(work())
-        task.add_done_callback(lambda _t: self._slots.release())
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), ctx.remaining())
-        except asyncio.TimeoutError as exc:
-            if not _deadline_hit(exc):  # the model's own TimeoutError: a model error
-                raise
-            ctx.cancel("timeout")
-            self._abandon(task, is_async)
-            raise PredictTimeout(self._timeout_message()) from None
-        except asyncio.CancelledError:
-            ctx.cancel("disconnected")
-            self._abandon(task, is_async)
-            raise
-
-    def _abandon(self, task: asyncio.Task, is_async: bool) -> None:
-        # Coroutine work stops at its next await. Thread work cannot be stopped: it sees
-        # ctx.cancelled, and its task (which holds the slot) is left to end when the thread
-        # returns, so the concurrency bound always holds.
-        if is_async:
-            task.cancel()
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _admit(self, ctx: RequestContext) -> None:
-        if self._slots.locked() and self._waiting >= self.config.runtime.max_queue:
-            raise Overloaded(
-                f"too many requests: {self._waiting} are already waiting "
-                f"(runtime.max_queue={self.config.runtime.max_queue}); retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        self._set_waiting(+1)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), ctx.remaining())
-        except asyncio.TimeoutError:
-            ctx.cancel("timeout")
-            raise PredictTimeout(self._timeout_message("while waiting in the queue")) from None
-        finally:
-            self._set_waiting(-1)
-
-    def _set_waiting(self, delta: int) -> None:
-        self._waiting += delta
-        if self.metrics is not None:
-            self.metrics.queue.set(self._waiting)
-
-    def _timeout_message(self, where: str = "") -> str:
-        limit = self.config.runtime.predict_timeout_s
-        tail = f" {where}" if where else ""
-        return f"the request ran past its deadline of {limit} s{tail} (runtime.predict_timeout_s)"
-
-    async def _batched(self, endpoint: EndpointSpec, value: Any, ctx: RequestContext) -> Any:
-        batcher = self._batchers.get(endpoint.name)
-        if batcher is None:
-            cfg = self.config.batching
-            call = endpoint.batch_call
-            assert call is not None
-
-            async def run(values: list[Any], ctxs: list[RequestContext]) -> list[Any]:
-                if self.metrics is not None:
-                    self.metrics.batch_size.labels(endpoint.name).observe(len(values))
-                ctx0 = ctxs if call.context_param == "contexts" else ctxs[0]
-                return await self._invoke(call, values, ctx0)
-
-            batcher = BatchQueue(
-                run,
-                max_batch_size=cfg.max_batch_size if cfg.enabled else 1,
-                max_wait_ms=cfg.max_wait_ms,
-                max_batch_pixels=cfg.max_batch_pixels,
-                key=endpoint.batch_key,
-                cost=endpoint.batch_cost,
-                slots=self._slots,
-            )
-            self._batchers[endpoint.name] = batcher
-        if batcher.pending >= self.config.runtime.max_queue + self.config.batching.max_batch_size:
-            raise Overloaded(
-                f"too many requests queued for {endpoint.name} (runtime.max_queue); retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        try:
-            return await asyncio.wait_for(batcher.submit(value, ctx), ctx.remaining())
-        except asyncio.TimeoutError as exc:
-            if not _deadline_hit(exc):
-                raise
-            ctx.cancel("timeout")
-            raise PredictTimeout(self._timeout_message()) from None
-
-    async def _invoke(self, call: CallSpec, value: Any, ctx: Any) -> Any:
-        """Run one user method: awaited if async, in a worker thread if not."""
-        bound = call.bind(self.model, value, ctx)
-        if call.is_async and not call.is_generator:
-            return await bound()
-        if call.is_generator:
-            return bound()  # creating a generator object runs no user code
-        result = await self._thread(bound)
+                logs.leave(token)
+                release()
+        work = self.calls.submit(logs.call_in((p.ctx,), call.bind(self.model, value, p.ctx)))
+        # A thread cannot be stopped: it keeps its slot until it returns, whatever the
+        # caller does, so predict_concurrency always bounds what runs.
+        work.add_done_callback(release)
+        result = await awaited(work)
         return await result if inspect.isawaitable(result) else result
 
-    async def _thread(self, fn: Callable[[], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn)
+    def _batcher(self, endpoint: EndpointSpec) -> BatchQueue:
+        batcher = self._batchers.get(endpoint.name)
+        if batcher is not None:
+            return batcher
+        cfg = self.config.batching
+        call = endpoint.batch_call
+        assert call is not None
+
+        async def run(values: list[Any], batch: list[Prediction]) -> list[Any]:
+            for p in batch:
+                self._started(p)
+            if self.metrics is not None:
+                self.metrics.observe_batch(self.name, endpoint.name, len(values))
+            contexts = [p.ctx for p in batch]
+            return await self.calls.invoke(
+                call, values, contexts if call.context_param == "contexts" else contexts[0]
+            )
+
+        batcher = BatchQueue(
+            run,
+            max_batch_size=cfg.max_batch_size if cfg.enabled else 1,
+            max_wait_ms=cfg.max_wait_ms,
+            max_batch_pixels=cfg.max_batch_pixels,
+            key=endpoint.batch_key,
+            cost=endpoint.batch_cost,
+            acquire=self._slots.acquire,
+            release=self._slots.release,
+            on_busy=self._batch_busy,
+        )
+        self._batchers[endpoint.name] = batcher
+        return batcher
+
+    def _batch_busy(self, delta: int) -> None:
+        self._busy += delta
 
     # streaming ----------------------------------------------------------------------------
-    async def _stream(self, endpoint: EndpointSpec, value: Any, ctx: RequestContext) -> Any:
-        """Acquire a slot, run the generator to its first chunk (an error or timeout before it
-        is a status, not a broken stream) and hand back an async generator holding the slot
-        until it ends or is closed."""
-        await self._admit(ctx)
+    async def _stream(self, endpoint: EndpointSpec, value: Any, p: Prediction) -> Any:
+        """Take a slot, run the generator to its first chunk (an error or timeout before it
+        is a status, not a broken stream) and hand back an async iterator that holds the slot
+        until it ends or is closed; the prediction ends with it."""
+        if endpoint.slotted:
+            await self.acquire(p)
+        self._started(p)
         try:
-            gen = await self._invoke(endpoint.call, value, ctx)
+            gen = await self.calls.invoke(endpoint.call, value, p.ctx)
         except BaseException:
-            self._slots.release()
+            if endpoint.slotted:
+                self.release()
             raise
-        chunks = self._drain(gen, ctx)
-        await anext(chunks)  # _PRIMED: started, so aclose() (or GC) always frees the slot
-        return chunks
+        return await self._drain(gen, p, slotted=endpoint.slotted, acquired=True)
 
-    async def _drain(self, gen: Any, ctx: RequestContext) -> AsyncIterator[Any]:
-        gap = self.config.runtime.streaming_read_timeout
-        loop = asyncio.get_running_loop()
-        busy: asyncio.Future | None = None  # a sync generator's next() running in a thread
-        step = None if inspect.isasyncgen(gen) else functools.partial(next, iter(gen), _END)
+    async def _drain(
+        self, gen: Any, p: Prediction, *, slotted: bool, acquired: bool = False
+    ) -> AsyncIterator[Any]:
+        """The chunks of a generator the model made, as an async iterator that owns a slot
+        (taken now unless ``acquired``; none when not ``slotted``) until the stream ends."""
+        if slotted and not acquired:
+            await self.acquire(p)
+        return await drain(  # owns the slot from here, and frees it however the stream ends
+            gen,
+            p,
+            submit=self.calls.submit,
+            release=self.release if slotted else _no_release,
+            gap=self.config.runtime.streaming_read_timeout,
+            model_error=self.calls.model_error,
+        )
 
-        async def next_chunk() -> Any:
-            nonlocal busy
-            if step is None:
-                return await asyncio.wait_for(anext(gen, _END), _min(gap, ctx.remaining()))
-            busy = loop.run_in_executor(self._executor, step)
-            return await asyncio.wait_for(asyncio.shield(busy), _min(gap, ctx.remaining()))
+    # in-process ---------------------------------------------------------------------------
+    async def predict(
+        self,
+        payload: Any,
+        endpoint: str | None = None,
+        *,
+        request_id: str | None = None,
+        output: OutputPrefs | None = None,
+        on_event: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """One prediction in-process through the same steps as every route (see
+        :func:`impasto.inprocess.predict`)."""
+        from .inprocess import predict
 
-        try:
-            chunk = await next_chunk()
-            yield _PRIMED
-            while chunk is not _END:
-                yield chunk
-                chunk = await next_chunk()
-        except asyncio.TimeoutError as exc:
-            if not _deadline_hit(exc):
-                raise self._model_error(exc, ctx) from exc
-            ctx.cancel("timeout")
-            raise PredictTimeout("the stream stalled past its deadline") from None
-        except (ImpastoError, asyncio.CancelledError, GeneratorExit):
-            ctx.cancel("disconnected")
-            raise
-        except Exception as exc:
-            raise self._model_error(exc, ctx) from exc
-        finally:
-            if busy is not None and not busy.done():
-                # the thread is still inside next(): it keeps the slot until it returns
-                busy.add_done_callback(lambda f: self._end_stream(gen, f))
-            else:
-                if step is None:
-                    with contextlib.suppress(Exception):
-                        await gen.aclose()
-                self._end_stream(gen, busy)
-
-    def _end_stream(self, gen: Any, busy: asyncio.Future | None) -> None:
-        if busy is not None and not busy.cancelled():
-            busy.exception()  # retrieved: an abandoned step's error is not reported as lost
-        close = getattr(gen, "close", None)  # a sync generator (an async one is closed above)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                close()
-        self._slots.release()
+        return await predict(
+            self, payload, endpoint, request_id=request_id, output=output, on_event=on_event
+        )
 
     # lifecycle ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         return {
             "state": self.state,
-            "waiting": self._waiting,
-            "running": self.config.runtime.predict_concurrency - self._slots._value,
+            "in_flight": len(self._live),
+            "waiting": self._queued,
+            "decoded": len(self._decoders),
+            "running": self._busy,
             "batch_pending": {name: b.pending for name, b in self._batchers.items()},
         }
 
+    @property
+    def idle(self) -> bool:
+        """No prediction in flight: nothing pins the loaded model."""
+        return not self._live
+
+    async def wait_idle(self) -> None:
+        """Until no prediction is in flight."""
+        await self._idle.wait()
+
+    async def unload(self) -> bool:
+        """Drop the loaded model so that its memory can go to another (least recently used
+        eviction); it loads again on its next request. Only an idle model is unloaded (False
+        otherwise): in-flight predictions pin it. A request admitted meanwhile waits for the
+        reload. The model's own ``unload()``, if it has one, runs first."""
+        if self.state != "ready" or self._live or self.closing:
+            return False
+        self.loading.begin_unload()  # requests admitted from now on wait for the reload
+        for slots in (self._slots, self._shared):
+            for _ in range(slots.size):  # a thread abandoned by its prediction keeps its slot
+                await slots.acquire()
+            for _ in range(slots.size):
+                slots.release()
+        await self.loading.unload()
+        return True
+
+    def stop_admitting(self) -> None:
+        """From now on ``admit`` answers 503 ``shutting_down``; in-flight work goes on."""
+        self.closing = True
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for in-flight predictions, then abort the rest with
+        reason ``shutdown`` (their clients get 503 ``shutting_down``). Returns how many were
+        aborted."""
+        self.stop_admitting()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        left = [p for p in self._live if not p.done]
+        for p in left:
+            p.abort("shutdown")
+        return len(left)
+
     async def aclose(self) -> None:
+        self.closing = True
+        for p in list(self._live):
+            p.abort("shutdown")
         for batcher in self._batchers.values():
             await batcher.aclose()
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()
+        self.loading.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._inputs.shutdown(wait=False, cancel_futures=True)
 
 
-_END = object()
-_PRIMED = object()
+def _no_release() -> None:
+    """A stream that holds no model slot has none to free."""
 
 
-def _deadline_hit(exc: BaseException) -> bool:
-    """Whether a TimeoutError is wait_for's own (raised from the cancellation it made) rather
-    than one the model raised. (``asyncio.TimeoutError`` is the builtin only from 3.11.)"""
-    return isinstance(exc.__cause__, asyncio.CancelledError)
-
-
-def _min(a: float | None, b: float | None) -> float | None:
-    values = [v for v in (a, b) if v is not None]
-    return min(values) if values else None
-
-
-__all__ = ["STATES", "Canceled", "Runner"]
+__all__ = ["PredictTimeout", "Runner", "is_stream"]

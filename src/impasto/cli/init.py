@@ -73,7 +73,10 @@ EXAMPLES = """\
 def init(
     name: str = typer.Argument(..., help="Folder to create (its name becomes model_name)."),
 ) -> None:
-    """Scaffold a package: config.yaml, model/model.py, data/, packages/, examples.yaml."""
+    """Scaffold a package: config.yaml, model/model.py, data/, packages/, examples.yaml.
+
+    Example: impasto init my-model
+    """
     root = Path(name)
     if root.exists() and any(root.iterdir()):
         raise PackageError(f"{root} already exists and is not empty; pick another name")

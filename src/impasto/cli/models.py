@@ -33,9 +33,10 @@ from ..store.files import pickle_files
 from .output import fail
 
 app = typer.Typer(
-    help="Manage the local model store ($IMPASTO_HOME/models).",
+    help="Manage the local model store ($IMPASTO_HOME/models).\n\nExample: impasto models list",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or YAML.")]
@@ -151,7 +152,10 @@ def import_(
         bool, typer.Option("--force", help="Replace NAME:VERSION if it exists.")
     ] = False,
 ) -> None:
-    """Import a model folder or a Hugging Face repo; prints the stored NAME:VERSION."""
+    """Import a model folder or a Hugging Face repo; prints the stored NAME:VERSION.
+
+    Example: impasto models import sd21 stabilityai/stable-diffusion-2-1
+    """
     store = ModelStore()
     with _errors():
         with _progress() as progress:
@@ -178,7 +182,10 @@ def import_(
 
 @app.command("list")
 def list_(json_: JsonFlag = False) -> None:
-    """List stored model versions."""
+    """List stored model versions.
+
+    Example: impasto models list --json
+    """
     with _errors():
         models = ModelStore().list()
     if json_:
@@ -206,7 +213,10 @@ def show(
     ref: Annotated[str, typer.Argument(metavar="REF", help="NAME:VERSION or NAME:latest.")],
     json_: JsonFlag = False,
 ) -> None:
-    """Print a stored version's manifest (model.yaml)."""
+    """Print a stored version's manifest (model.yaml).
+
+    Example: impasto models show tiny-sd:latest
+    """
     with _errors():
         stored = ModelStore().locate(ref)
     data = stored.manifest.to_dict()
@@ -221,7 +231,10 @@ def rm(
     ref: Annotated[str, typer.Argument(metavar="REF", help="NAME:VERSION or NAME:latest.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Remove one stored version (NAME:latest removes only the newest)."""
+    """Remove one stored version (NAME:latest removes only the newest).
+
+    Example: impasto models rm sd21:20261201-120000
+    """
     store = ModelStore()
     with _errors():
         stored = store.locate(ref)
@@ -238,7 +251,10 @@ def export(
     ref: Annotated[str, typer.Argument(metavar="REF", help="NAME:VERSION or NAME:latest.")],
     file: Annotated[Path, typer.Argument(help="Archive to write: .tar or .tar.gz.")],
 ) -> None:
-    """Write a stored version, manifest included, as a tar archive."""
+    """Write a stored version, manifest included, as a tar archive.
+
+    Example: impasto models export sd21:latest sd21.tar
+    """
     with _errors():
         path = ModelStore().export(ref, file)
     typer.echo(str(path))
@@ -254,7 +270,10 @@ def import_archive(
         bool, typer.Option("--force", help="Replace the version if it exists.")
     ] = False,
 ) -> None:
-    """Import an exported archive after checking every file's sha256."""
+    """Import an exported archive after checking every file's sha256.
+
+    Example: impasto models import-archive sd21.tar
+    """
     with _errors():
         stored = ModelStore().import_archive(file, name, force=force)
     typer.echo(str(stored.ref))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -13,12 +15,45 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import ImpastoError
+from ..errors import ConfigError, ImpastoError
 
 err_console = Console(stderr=True, highlight=False)
 console = Console(highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 DEBUG = {"on": False}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class LogLevel(str, enum.Enum):
+    """``--log-level`` values (the help lists them)."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+    critical = "critical"
+
+
+# Probes and scrapes come every few seconds: not access-logged (nothing happens there).
+QUIET_PATHS = frozenset(
+    {"/", "/health/live", "/health/ready", "/metrics", "/ping", "/healthcheck", "/health-check"}
+)
+
+
+_PROBE = re.compile(r"/v2/health/\w+|/v[12]/models/[^/:]+(/loaded|/ready)?")
+
+
+class _QuietProbes(logging.Filter):
+    """Drops uvicorn's access-log lines for health probes and metric scrapes (GETs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and record.name == "uvicorn.access":
+            if str(args[1]) != "GET":
+                return True
+            path = str(args[2]).split("?", 1)[0]
+            return not (path in QUIET_PATHS or _PROBE.fullmatch(path))
+        return True
 
 
 def fail(exc: BaseException) -> typer.Exit:
@@ -47,17 +82,39 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def configure_logging(level: str = "info", redactor: logging.Filter | None = None) -> None:
+class _Formatter(logging.Formatter):
+    """``time level logger: message``, with ``[request ID]`` for lines logged during a
+    prediction (the id the server answers in ``X-Request-ID``)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        request_id = getattr(record, "request_id", "-")
+        return text if request_id == "-" else f"{text} [request {request_id}]"
+
+
+def configure_logging(
+    level: str | LogLevel = "info", redactor: logging.Filter | None = None
+) -> None:
     """Only the CLI configures logging; the library never does on import."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_Formatter())
     if redactor is not None:
         handler.addFilter(redactor)
+    level = level.value if isinstance(level, LogLevel) else str(level)
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level {level!r}: use one of {', '.join(LOG_LEVELS)}")
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    access = logging.getLogger("uvicorn.access")
+    for old in [f for f in access.filters if isinstance(f, _QuietProbes)]:
+        access.removeFilter(old)
+    access.addFilter(_QuietProbes())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers = []

@@ -1,4 +1,11 @@
-"""``impasto predict PATH``: run one prediction in-process, or against a running server."""
+"""``impasto predict PATH``: run one prediction in-process, or against a running server.
+
+In-process, the prediction takes the same call path as a request (admit, decode, run) and
+its result is encoded by the same code the server answers with: the same compact JSON, and
+``output_format``/``quality`` from the input honoured the same way. ``-o FILE`` writes one
+media output's bytes (its format from the file's extension), ``-o FOLDER/`` one file per
+media output.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +19,27 @@ from typing import Any
 import httpx
 import typer
 
-from ..context import RequestContext
+from .. import logs
 from ..errors import (
     Canceled,
     ImpastoError,
     InputError,
     MalformedInput,
     ModelError,
+    NotAcceptable,
     NotFound,
     NotReady,
     Overloaded,
     PayloadTooLarge,
     PredictTimeout,
+    Unreachable,
 )
-from ..media import encode, find_media, to_jsonable
+from ..media import encode, find_media, normalize_format
 from ..package import load_package
-from ..runner import Runner
-from .output import configure_logging, console, handle_errors
+from ..server.requests import prefs_from
+from ..server.responses import encode_result
+from ..serving import runner_for
+from .output import LogLevel, configure_logging, console, err_console, handle_errors
 
 
 def _input(data: str | None, file: Path | None, example: str | None, path: Path) -> Any:
@@ -44,14 +55,34 @@ def _input(data: str | None, file: Path | None, example: str | None, path: Path)
         raise MalformedInput(f"the input is not valid JSON: {exc}", field="input") from None
 
 
-def _write(result: Any, out: Path | None) -> None:
-    media = find_media(result)
-    if out is not None and len(media) == 1:
-        fmt = out.suffix.lstrip(".").lower() or None
-        out.write_bytes(encode(media[0], format=fmt).data)
+def write_result(result: Any, output: str | None, prefs: Any, media: Any) -> None:
+    """Print the server's JSON for ``result``, or write its media (see the module doc)."""
+    found = find_media(result)
+    out = Path(output) if output else None
+    if out is not None and (out.is_dir() or output.endswith(("/", "\\"))):  # type: ignore[union-attr]
+        if not found:
+            raise InputError(f"-o {out}: the result holds no media to write", field="output")
+        out.mkdir(parents=True, exist_ok=True)
+        for i, value in enumerate(found):
+            enc = encode(value, format=prefs.format, quality=prefs.quality, config=media)
+            target = out / f"{i}.{enc.format}"
+            target.write_bytes(enc.data)
+            console.print(f"wrote {target}")
+        return
+    if out is not None and found:
+        if len(found) > 1:
+            raise InputError(
+                f"-o {out}: the result holds {len(found)} media outputs; pass a folder "
+                "(-o out/) to write one file each",
+                field="output",
+            )
+        fmt = _format_of(out) or prefs.format
+        enc = encode(found[0], format=fmt, quality=prefs.quality, config=media)
+        out.write_bytes(enc.data)
         console.print(f"wrote {out}")
         return
-    text = json.dumps(to_jsonable(result), indent=2, ensure_ascii=False)
+    response = encode_result(result, prefs, media)  # the same bytes the server answers
+    text = bytes(response.body).decode()
     if out is not None:
         out.write_text(text + "\n")
         console.print(f"wrote {out}")
@@ -59,28 +90,69 @@ def _write(result: Any, out: Path | None) -> None:
         sys.stdout.write(text + "\n")
 
 
+def _format_of(out: Path) -> str | None:
+    suffix = out.suffix.lstrip(".").lower()
+    if not suffix:
+        return None
+    for kind in ("image", "video"):
+        try:
+            return normalize_format(suffix, kind)
+        except (InputError, ValueError):
+            continue
+    return None
+
+
+class _Progress:
+    """A progress bar on a terminal, fed by the prediction's progress events."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, event: Any) -> None:
+        if event.kind != "progress" or not err_console.is_terminal:
+            return
+        if self.bar is None:
+            from rich.progress import Progress
+
+            self.bar = Progress(console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("generating", total=event.data.get("total"))
+        self.bar.update(self.task, completed=event.data.get("step"), total=event.data.get("total"))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 async def _run_local(
-    path: Path, payload: Any, endpoint: str | None, out: Path | None, log_level: str
+    path: Path, payload: Any, endpoint: str | None, out: str | None, log_level: str
 ) -> None:
     package = load_package(path)
     configure_logging(log_level, package.redactor)  # the model's own log lines are redacted too
-    runner = Runner(package.spec, package.factory(), package.config, redact=package.redactor)
+    runner = runner_for(package)
+    undo = logs.install(package.redactor)
+    progress = _Progress()
     try:
         if not await runner.load():
             raise NotReady(f"load() failed: {runner.load_error}")
         ep = runner.endpoint(endpoint)
-        value = await runner.validate(ep, payload)
-        result = await runner.call(ep.name, value, RequestContext())
+        fields = ep.input_model.model_fields if ep.input_model else None
+        prefs = prefs_from(payload, fields)
+        result = await runner.predict(payload, endpoint, output=prefs, on_event=progress)
+        progress.close()
         if inspect.isasyncgen(result):
             async for chunk in result:
                 text = chunk.decode() if isinstance(chunk, bytes) else chunk
-                sys.stdout.write(text if isinstance(text, str) else json.dumps(to_jsonable(text)))
+                sys.stdout.write(text if isinstance(text, str) else json.dumps(text))
                 sys.stdout.flush()
             sys.stdout.write("\n")
             return
-        _write(result, out)
+        await asyncio.to_thread(write_result, result, out, prefs, runner.config.media)
     finally:
+        progress.close()
         await runner.aclose()
+        undo()
 
 
 _REMOTE_ERRORS: dict[Any, type[ImpastoError]] = {
@@ -88,6 +160,7 @@ _REMOTE_ERRORS: dict[Any, type[ImpastoError]] = {
     for cls in (
         InputError,
         MalformedInput,
+        NotAcceptable,
         PayloadTooLarge,
         NotFound,
         NotReady,
@@ -99,30 +172,40 @@ _REMOTE_ERRORS: dict[Any, type[ImpastoError]] = {
 }
 
 
-def _run_remote(url: str, payload: Any, endpoint: str | None, out: Path | None) -> None:
+def _run_remote(url: str, payload: Any, endpoint: str | None, output: str | None) -> None:
+    out = Path(output) if output else None
     target = url.rstrip("/")
     if httpx.URL(target).path in ("", "/"):
         target += f"/{endpoint or 'predict'}"
-    with httpx.Client(timeout=None) as client, client.stream("POST", target, json=payload) as r:
-        if r.status_code >= 400:
-            body = r.read()
-            try:
-                error = json.loads(body)["error"]
-                kind, message = error.get("type"), error["message"]
-            except Exception:
-                kind, message = None, body.decode(errors="replace")
-            # the exit code of the error the server named (422 -> 2, 503 -> 6, 504 -> 8, ...)
-            cls = _REMOTE_ERRORS.get(kind, ModelError)
-            raise cls(f"{target} answered {r.status_code}: {message}")
-        if out is not None:
-            with out.open("wb") as fh:
-                for chunk in r.iter_bytes():
-                    fh.write(chunk)
-            console.print(f"wrote {out}")
-            return
-        for chunk in r.iter_text():
-            sys.stdout.write(chunk)
-        sys.stdout.write("\n")
+    try:
+        with httpx.Client(timeout=None) as client, client.stream("POST", target, json=payload) as r:
+            _remote_answer(r, target, out)
+    except httpx.TransportError as exc:
+        raise Unreachable(
+            f"no server answers at {target} ({type(exc).__name__}); is `impasto serve` running?"
+        ) from None
+
+
+def _remote_answer(r: httpx.Response, target: str, out: Path | None) -> None:
+    if r.status_code >= 400:
+        body = r.read()
+        try:
+            error = json.loads(body)["error"]
+            kind, message = error.get("type"), error["message"]
+        except Exception:
+            kind, message = None, body.decode(errors="replace")
+        # the exit code of the error the server named (422 -> 2, 503 -> 6, 504 -> 8, ...)
+        cls = _REMOTE_ERRORS.get(kind, ModelError)
+        raise cls(f"{target} answered {r.status_code}: {message}")
+    if out is not None:
+        with out.open("wb") as fh:
+            for chunk in r.iter_bytes():
+                fh.write(chunk)
+        console.print(f"wrote {out}")
+        return
+    for chunk in r.iter_text():
+        sys.stdout.write(chunk)
+    sys.stdout.write("\n")
 
 
 @handle_errors
@@ -131,12 +214,26 @@ def predict(
     data: str | None = typer.Option(None, "-d", "--data", help="Input as JSON text."),
     file: Path | None = typer.Option(None, "-f", "--file", help="Input from a JSON file."),
     example: str | None = typer.Option(None, "--example", help="A named input in examples.yaml."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write the result here."),
+    output: str | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Write the result here: a file for one media output or JSON, a folder (ending "
+        "in /) for one file per media output.",
+    ),
     endpoint: str | None = typer.Option(None, "--endpoint", "-e", help="Endpoint to call."),
     url: str | None = typer.Option(None, "--url", help="Send to a running server instead."),
-    log_level: str = typer.Option("warning", envvar="IMPASTO_LOG_LEVEL"),
+    log_level: LogLevel = typer.Option(
+        LogLevel.warning,
+        envvar="IMPASTO_LOG_LEVEL",
+        case_sensitive=False,
+        help="How much to log.",
+    ),
 ) -> None:
-    """Run one prediction: load the package in-process (or use --url) and print the output."""
+    """Run one prediction: load the package in-process (or use --url) and print the output.
+
+    Example: impasto predict examples/tiny-sd -d '{"prompt": "a red fox"}' -o fox.png
+    """
     payload = _input(data, file, example, path)
     if url:
         _run_remote(url, payload, endpoint, output)

@@ -70,10 +70,21 @@ DRIVEN_PIPELINES = frozenset(
 """Pipeline classes whose ``__call__`` the engine is known to reproduce exactly."""
 
 
-def unsupported_reason(cfg: DiffusersConfig, pset: PipelineSet) -> str | None:
-    """Why the loaded pipelines cannot run under the engine, or None when they can."""
+def config_reason(cfg: DiffusersConfig, class_name: str | None) -> str | None:
+    """Why the configured pipeline cannot run under the engine, known before loading it
+    (``class_name``: None when not known yet), or None."""
     if cfg.cpu_offload:
         return "cpu_offload moves modules in and out around each pipeline call"
+    if class_name is not None and class_name not in DRIVEN_PIPELINES:
+        return f"it drives {', '.join(sorted(DRIVEN_PIPELINES))}, not {class_name}"
+    return None
+
+
+def unsupported_reason(cfg: DiffusersConfig, pset: PipelineSet) -> str | None:
+    """Why the loaded pipelines cannot run under the engine, or None when they can."""
+    reason = config_reason(cfg, None)
+    if reason is not None:
+        return reason
     for task, pipe in pset.pipes.items():
         if task == "img2vid":
             continue
@@ -87,11 +98,19 @@ def unsupported_reason(cfg: DiffusersConfig, pset: PipelineSet) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Waiter:
+    """One request in :func:`static_queue` (the queue reads only a prediction's ``ctx``)."""
+
+    ctx: RequestContext
+
+
 def static_queue(model: DiffusersModel, task: str) -> BatchQueue:
     """Static batching for one task of a model whose endpoints are per-request (continuous
-    mode) but whose loaded pipeline the engine cannot drive."""
+    mode) but whose loaded pipeline the engine cannot drive; submit :class:`Waiter` items."""
 
-    async def run(values: list[Any], ctxs: list[RequestContext]) -> list[Any]:
+    async def run(values: list[Any], waiters: list[Waiter]) -> list[Any]:
+        ctxs = [w.ctx for w in waiters]
         return await asyncio.to_thread(model.generate_images, task, values, ctxs)
 
     cfg = model.batching
@@ -174,6 +193,7 @@ class ContinuousEngine:
                     self._withdraw(ticket)
                     ctx.check()
                 await asyncio.wait([future], timeout=_poll(ctx))
+            ctx.stage = ""
             self._check_open()
             work = loop.run_in_executor(self._pool, self._serve, ticket, task, input)
         except BaseException:
@@ -183,7 +203,9 @@ class ContinuousEngine:
             # shielded: once started, the thread runs to its end and frees its place itself
             return await asyncio.shield(work)
         except asyncio.CancelledError:
-            ctx.cancel("disconnected")
+            # the prediction's owner marked the true reason before canceling this task; a
+            # bare cancel (no owner) still stops the thread at its next step
+            ctx.cancel("canceled")
             work.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
 
@@ -198,6 +220,7 @@ class ContinuousEngine:
                 if ctx.cancelled:
                     self._withdraw(ticket)
                     ctx.check()
+            ctx.stage = ""
             self._check_open()
         except BaseException:
             self._withdraw(ticket)
@@ -231,6 +254,7 @@ class ContinuousEngine:
         self._check_open()
         width, height = self.model._size(self.pset, input)  # 422 for too many pixels, first
         images = int(getattr(input, "num_images", 1))
+        ctx.stage = "while waiting in the queue"  # for a timeout's message
         return _Ticket(ctx, (images, images * width * height), lambda: None)
 
     def _enqueue(self, ticket: _Ticket) -> None:
@@ -326,7 +350,7 @@ class ContinuousEngine:
         assert self.model.loras is not None
         member.prep.enter_context(self.model.loras.applied(loras))
         started = time.perf_counter()
-        out = invoke_pipeline(pipe, task, call)
+        out = invoke_pipeline(pipe, call)
         return out, pipe, time.perf_counter() - started
 
     def _submit(self, call: Call) -> Any:

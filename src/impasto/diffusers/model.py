@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import Batching, DiffusersConfig, PackageConfig, Runtime
+from ..config import Batching, DiffusersConfig, PackageConfig
 from ..context import RequestContext
 from ..errors import ConfigError, ImpastoError, InputError, ModelError, NotFound, NotReady
 from ..spec import endpoint
@@ -77,16 +77,13 @@ class DiffusersModel:
         if isinstance(config, PackageConfig):
             section: Any = config.diffusers
             batching: Any = config.batching
-            runtime: Any = config.runtime
         else:
             section = (config or {}).get("diffusers")
             batching = (config or {}).get("batching") or {}
-            runtime = (config or {}).get("runtime") or {}
         if section is None:
             raise ConfigError("config.yaml has no `diffusers:` section", field="diffusers")
         self.cfg = DiffusersConfig.model_validate(section)
         self.batching = Batching.model_validate(batching)
-        self.runtime = Runtime.model_validate(runtime)
         self.engine: Any = None  # a ContinuousEngine once loaded in continuous mode
         self._fallback: dict[str, Any] = {}  # task -> BatchQueue, when the engine is not used
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -166,16 +163,10 @@ class DiffusersModel:
             max_batch_size=self.batching.max_batch_size,
             max_batch_pixels=self.batching.max_batch_pixels,
         )
-        if self.runtime.predict_concurrency < self.batching.max_batch_size:
-            log.warning(
-                "batching.mode continuous: runtime.predict_concurrency=%d lets only that many "
-                "requests into the running batch; set it to batching.max_batch_size (%d)",
-                self.runtime.predict_concurrency,
-                self.batching.max_batch_size,
-            )
 
-    def close(self) -> None:
-        """Stop the continuous engine's threads (requests still running fail)."""
+    def unload(self) -> None:
+        """Stop the continuous engine's threads, which hold the pipelines (the runner calls
+        this before dropping the model, e.g. to load another in its place)."""
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -258,11 +249,11 @@ class DiffusersModel:
         of this model's own (when the loaded pipeline turned out not to suit the engine)."""
         if self.engine is not None:
             return await self.engine.submit(task, input, context)
-        if task not in self._fallback:
-            from .continuous import static_queue
+        from .continuous import Waiter, static_queue
 
+        if task not in self._fallback:
             self._fallback[task] = static_queue(self, task)
-        return await self._fallback[task].submit(input, context)
+        return await self._fallback[task].submit(input, Waiter(context))
 
     def _run_images(
         self,
@@ -338,7 +329,7 @@ class DiffusersModel:
             assert self.loras is not None
             with self.loras.applied(loras):
                 started = time.perf_counter()
-                out = invoke_pipeline(pipe, task, call)
+                out = invoke_pipeline(pipe, call)
                 return out, pipe, time.perf_counter() - started
 
     def _size(self, pset: PipelineSet, inp: Any) -> tuple[int, int]:
@@ -380,18 +371,13 @@ class DiffusersModel:
         return {k: v for k, v in recipe.items() if v is not None}
 
 
-def invoke_pipeline(pipe: Any, task: str, call: dict[str, Any]) -> Any:
-    """``pipe(**call)`` under ``torch.inference_mode()``; diffusers' own input checks
-    (``ValueError``) become an :class:`InputError`."""
+def invoke_pipeline(pipe: Any, call: dict[str, Any]) -> Any:
+    """``pipe(**call)`` under ``torch.inference_mode()``; its own errors are the model's
+    (500), never a 422: inputs are checked before the pipeline runs."""
     import torch
 
-    try:
-        with torch.inference_mode():
-            return pipe(**call)
-    except ImpastoError:
-        raise
-    except ValueError as exc:
-        raise InputError(f"{task}: {exc}") from None
+    with torch.inference_mode():
+        return pipe(**call)
 
 
 def _task_endpoint(task: str, schema: type, cfg: DiffusersConfig, continuous: bool) -> Any:
@@ -420,7 +406,7 @@ def _task_endpoint(task: str, schema: type, cfg: DiffusersConfig, continuous: bo
             "return": ImageResult,
         }
         fn = run_image
-        opts = {}
+        opts = {"batches_itself": True}  # the runner lets a batch's worth in at once
     else:
 
         def run_images(self: DiffusersModel, inputs: Any, contexts: Any) -> Any:
@@ -464,14 +450,11 @@ def model_class_for(
     schemas = make_schemas(cfg)
     continuous = config.batching.enabled and config.batching.mode == "continuous"
     if continuous:
-        from .continuous import DRIVEN_PIPELINES
+        from .continuous import config_reason
 
-        if class_name is not None and class_name not in DRIVEN_PIPELINES:
-            log.warning(
-                "batching.mode continuous is not used: it drives %s, not %s; batching is static",
-                ", ".join(sorted(DRIVEN_PIPELINES)),
-                class_name,
-            )
+        reason = config_reason(cfg, class_name)
+        if reason is not None:
+            log.warning("batching.mode continuous is not used: %s; batching is static", reason)
             continuous = False
     namespace: dict[str, Any] = {
         "__module__": base.__module__,

@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +42,8 @@ DEFAULT_SCHEDULERS = (
 """Schedulers a request may pick when ``diffusers.schedulers`` is not set."""
 
 _LOGGERS = ("huggingface_hub", "accelerate", "peft")
+
+log = logging.getLogger("impasto.diffusers")
 
 
 @contextlib.contextmanager
@@ -285,6 +286,12 @@ class PipelineSet:
         return self._schedulers[name]
 
 
+def offline_reason() -> str | None:
+    from ..store.hub import offline_reason as reason
+
+    return reason()
+
+
 def load_pipelines(
     cfg: DiffusersConfig,
     tasks: list[str],
@@ -310,20 +317,32 @@ def load_pipelines(
                     f"diffusers.pipeline: diffusers has no class {cfg.pipeline!r}",
                     field="diffusers.pipeline",
                 )
-        local_only = source.local or os.environ.get("HF_HUB_OFFLINE") == "1"
+        offline = None if source.local else offline_reason()
+        log.info("loading %s (%s, %s)", source.ref, str(dtype).removeprefix("torch."), device)
         try:
             base = cls.from_pretrained(
                 source.location,
                 torch_dtype=dtype,
                 variant=cfg.variant,
                 use_safetensors=None if cfg.allow_pickle else True,
-                local_files_only=local_only,
+                local_files_only=source.local or offline is not None,
             )
         except (OSError, ValueError) as exc:
+            if offline is not None:  # not cached, and no way to fetch it: say what to do
+                raise ConfigError(
+                    f"diffusers.model {cfg.model!r} is neither in the model store nor cached, "
+                    f"and the hub is unreachable ({offline}): run `impasto models import "
+                    f"NAME {cfg.model}` on a connected machine and bring the store over, or "
+                    "point diffusers.model at a folder",
+                    field="diffusers.model",
+                ) from None
             hint = (
                 "" if cfg.allow_pickle else " (only safetensors weights load unless allow_pickle)"
             )
-            raise ConfigError(f"cannot load {cfg.model!r}: {exc}{hint}", field="diffusers.model")
+            reason = " ".join(str(exc).split())[:500]
+            raise ConfigError(
+                f"cannot load {cfg.model!r}: {reason}{hint}", field="diffusers.model"
+            ) from None
         for module in base.components.values():
             if isinstance(module, torch.nn.Module):
                 module.eval()

@@ -75,6 +75,18 @@ def _fit(w: int, h: int, max_side: int, max_pixels: int) -> tuple[int, int]:
     return max(8, int(w * scale) // 8 * 8), max(8, int(h * scale) // 8 * 8)
 
 
+def _some_steps_left(cls: Any, strength: float, info: ValidationInfo) -> float:
+    """img2img and inpaint run ``int(num_inference_steps * strength)`` steps: none is an
+    error of the request (named here, as a 422 on ``strength``), not of the pipeline."""
+    steps = info.data.get("num_inference_steps")
+    if isinstance(steps, int) and int(steps * strength) < 1:
+        raise ValueError(
+            f"strength {strength} x num_inference_steps {steps} leaves no denoising step; "
+            "raise either so that their product is at least 1"
+        )
+    return strength
+
+
 def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
     """The input model of each task (``text2img``, ``img2img``, ``inpaint``, ``img2vid``)."""
     lim = cfg.limits
@@ -88,6 +100,7 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             default,
             ge=8,
             le=lim.max_side,
+            json_schema_extra={"x-limit": "diffusers.limits.max_side"},
             multiple_of=8,
             description=f"Output {which} in pixels, a multiple of 8 (default: {fallback}).",
             examples=[default or 512],
@@ -104,7 +117,12 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             examples=[42],
         )
         num_inference_steps: int = Field(
-            steps, ge=1, le=lim.max_steps, description="Denoising steps.", examples=[steps]
+            steps,
+            ge=1,
+            le=lim.max_steps,
+            json_schema_extra={"x-limit": "diffusers.limits.max_steps"},
+            description="Denoising steps.",
+            examples=[steps],
         )
 
         @field_validator("height", check_fields=False)
@@ -113,7 +131,8 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             width = info.data.get("width")
             if height is not None and width is not None and width * height > lim.max_pixels:
                 raise ValueError(
-                    f"width*height = {width * height} exceeds the limit of {lim.max_pixels} pixels"
+                    f"width*height = {width * height} exceeds the limit of {lim.max_pixels} "
+                    "pixels (diffusers.limits.max_pixels)"
                 )
             return height
 
@@ -137,12 +156,14 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
         prompt: str = Field(
             ...,
             max_length=lim.max_prompt_chars,
+            json_schema_extra={"x-limit": "diffusers.limits.max_prompt_chars"},
             description="What to draw.",
             examples=["a watercolor painting of a lighthouse at dawn"],
         )
         negative_prompt: str | None = Field(
             None,
             max_length=lim.max_prompt_chars,
+            json_schema_extra={"x-limit": "diffusers.limits.max_prompt_chars"},
             description="What to steer away from.",
             examples=["blurry, low quality"],
         )
@@ -150,13 +171,18 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             guidance,
             ge=0,
             le=lim.max_guidance,
+            json_schema_extra={"x-limit": "diffusers.limits.max_guidance"},
             description="Classifier-free guidance; 1 or less turns it off (faster).",
             examples=[guidance],
         )
         width: int | None = size_field(cfg.default_width, "width")
         height: int | None = size_field(cfg.default_height, "height")
         num_images: int = Field(
-            1, ge=1, le=lim.max_images, description="Images to make from this prompt."
+            1,
+            ge=1,
+            le=lim.max_images,
+            json_schema_extra={"x-limit": "diffusers.limits.max_images"},
+            description="Images to make from this prompt.",
         )
         scheduler: scheduler_type | None = Field(
             None,
@@ -166,6 +192,7 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
         loras: list[LoraInput] = Field(
             default_factory=list,
             max_length=lim.max_loras,
+            json_schema_extra={"x-limit": "diffusers.limits.max_loras"},
             description="LoRA adapters applied to this request only.",
         )
         output_format: Literal["png", "jpeg", "webp"] | None = Field(
@@ -203,6 +230,8 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             examples=[0.6],
         )
 
+        _steps_left = field_validator("strength")(classmethod(_some_steps_left))
+
     class InpaintInput(_Image):
         """Repaint the white area of a mask."""
 
@@ -214,6 +243,8 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             1.0, gt=0, le=1, description="How much to change the masked area.", examples=[1.0]
         )
 
+        _steps_left = field_validator("strength")(classmethod(_some_steps_left))
+
     video_guidance = guidance if "default_guidance" in cfg.model_fields_set else 3.0
     video_guidance = min(video_guidance, lim.max_guidance)
 
@@ -224,7 +255,11 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
         width: int | None = size_field(cfg.default_width, "width", "config, else the image's")
         height: int | None = size_field(cfg.default_height, "height", "config, else the image's")
         num_frames: int | None = Field(
-            None, ge=1, le=lim.max_frames, description="Frames to make (default: the model's)."
+            None,
+            ge=1,
+            le=lim.max_frames,
+            json_schema_extra={"x-limit": "diffusers.limits.max_frames"},
+            description="Frames to make (default: the model's).",
         )
         fps: int = Field(7, ge=1, le=60, description="Frame rate: conditions motion and playback.")
         motion_bucket_id: int = Field(
@@ -237,16 +272,22 @@ def make_schemas(cfg: DiffusersConfig) -> dict[str, type[BaseModel]]:
             None,
             ge=1,
             le=lim.max_frames,
+            json_schema_extra={"x-limit": "diffusers.limits.max_frames"},
             description="Frames decoded at once (lower: less memory; default: all).",
         )
         guidance_scale: float = Field(
             video_guidance,
             ge=0,
             le=lim.max_guidance,
+            json_schema_extra={"x-limit": "diffusers.limits.max_guidance"},
             description="Guidance at the last frame (it ramps up from min_guidance_scale).",
         )
         min_guidance_scale: float = Field(
-            1.0, ge=0, le=lim.max_guidance, description="Guidance at the first frame."
+            1.0,
+            ge=0,
+            le=lim.max_guidance,
+            json_schema_extra={"x-limit": "diffusers.limits.max_guidance"},
+            description="Guidance at the first frame.",
         )
         output_format: Literal["mp4", "gif", "webp"] | None = Field(
             None, description="Video encoding (default: media.video_format)."

@@ -12,6 +12,7 @@ serves text2img, img2img and inpaint.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -376,5 +377,8 @@ def ensure_in_store(store: Any, name: str, build: Callable[..., Path]) -> None:
     try:
         store.resolve(f"{name}:latest")
     except NotFound:
+        logging.getLogger("impasto.diffusers").info(
+            "building %s into the model store at %s (first start only)", name, store.home
+        )
         with tempfile.TemporaryDirectory() as tmp:
             store.import_folder(name, build(Path(tmp) / name, seed=0))

@@ -5,8 +5,8 @@ and return PIL images, arrays or these types; routes and protocol adapters only 
 envelope (:func:`to_jsonable`, raw :func:`encode` bytes, or :func:`encode_multipart`).
 """
 
+from .budget import DecodeBudget
 from .decode import (
-    UploadedFile,
     decode_audio,
     decode_image,
     decode_video,
@@ -27,12 +27,14 @@ from .encode import (
     to_jsonable,
     to_pil,
 )
-from .types import Audio, File, Image, MediaKind, Video, media_config, media_kind
+from .types import Image, MediaKind, media_config, media_kind
+from .values import Audio, File, UploadedFile, Video
 
 __all__ = [
     "IMAGE_FORMATS",
     "VIDEO_FORMATS",
     "Audio",
+    "DecodeBudget",
     "Encoded",
     "File",
     "Image",

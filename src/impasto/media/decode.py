@@ -15,31 +15,22 @@ import ipaddress
 import socket
 import time
 import urllib.parse
-from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
 import av
 import httpx
 from PIL import Image as PILImage
-from PIL import ImageOps, ImageSequence
+from PIL import ImageMode, ImageOps, ImageSequence
 
 from ..config import MediaConfig
 from ..errors import ImpastoError, InputError, PayloadTooLarge
-from .types import Audio, Video
+from .budget import DecodeBudget
+from .values import Audio, UploadedFile, Video
 
 _MAX_REDIRECTS = 5
 _GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
 _SOURCES = "send base64 text, a data: URI or a multipart file"
-
-
-@dataclass(frozen=True)
-class UploadedFile:
-    """One multipart file part, as the server hands it to validation."""
-
-    data: bytes
-    content_type: str | None = None
-    filename: str | None = None
 
 
 def load_bytes(value: Any, *, field: str, config: MediaConfig) -> tuple[bytes, str | None]:
@@ -297,12 +288,21 @@ def _too_many_pixels(w: int, h: int, field: str, config: MediaConfig) -> None:
 
 
 def decode_image(
-    data: bytes, *, field: str, config: MediaConfig, mode: str | None = None
+    data: bytes,
+    *,
+    field: str,
+    config: MediaConfig,
+    mode: str | None = None,
+    budget: DecodeBudget | None = None,
+    content_type: str | None = None,
 ) -> PILImage.Image:
     """Decode one image, refusing it on its header's size before any pixel is decoded."""
     try:
         img = PILImage.open(BytesIO(data))
         _too_many_pixels(img.width, img.height, field, config)
+        if budget is not None:
+            bands = len(ImageMode.getmode(mode or img.mode).bands)
+            budget.reserve(img.width * img.height * max(bands, len(img.getbands())), field)
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
         return img if mode in (None, img.mode) else img.convert(mode)
@@ -310,23 +310,42 @@ def decode_image(
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"{field}: {exc}", field=field) from None
+    except PILImage.UnidentifiedImageError:
+        sniffed = sniff_content_type(data)
+        if sniffed and not sniffed.startswith("image/"):
+            what = sniffed  # another kind of media
+        elif content_type and not content_type.startswith("image/"):
+            what = content_type  # what the client said it is
+        else:
+            what = "its bytes are no known image format"
+        raise InputError(f"{field}: not an image ({what})", field=field) from None
     except Exception as exc:  # untrusted bytes: Pillow raises many kinds
-        raise InputError(f"{field}: not a valid image: {exc}", field=field) from None
+        raise InputError(f"{field}: not a valid image: {_reason(exc)}", field=field) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """A decoder's complaint without Python object reprs (``<_io.BytesIO object at ...>``)."""
+    import re
+
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the data", str(exc)) or type(exc).__name__
 
 
 _ANIMATED = ("image/gif", "image/webp", "image/png")
 
 
-def decode_video(data: bytes, *, field: str, config: MediaConfig) -> Video:
-    """Decode a video (PyAV) or an animated GIF/WebP/PNG (Pillow) into RGB frames."""
+def decode_video(
+    data: bytes, *, field: str, config: MediaConfig, budget: DecodeBudget | None = None
+) -> Video:
+    """Decode a video (PyAV) or an animated GIF/WebP/PNG (Pillow) into RGB frames, charging
+    each frame to ``budget`` as it is decoded."""
     try:
         if sniff_content_type(data) in _ANIMATED:
-            return _decode_animation(data, field, config)
-        return _decode_av(data, field, config)
+            return _decode_animation(data, field, config, budget)
+        return _decode_av(data, field, config, budget)
     except ImpastoError:
         raise
     except Exception as exc:  # untrusted bytes: FFmpeg and Pillow raise many kinds
-        raise InputError(f"{field}: not a valid video: {exc}", field=field) from None
+        raise InputError(f"{field}: not a valid video: {_reason(exc)}", field=field) from None
 
 
 def _too_many_frames(count: int, field: str, config: MediaConfig) -> None:
@@ -336,16 +355,19 @@ def _too_many_frames(count: int, field: str, config: MediaConfig) -> None:
         )
 
 
-def _decode_av(data: bytes, field: str, config: MediaConfig) -> Video:
+def _decode_av(data: bytes, field: str, config: MediaConfig, budget: DecodeBudget | None) -> Video:
     with av.open(BytesIO(data), mode="r") as container:
         if not container.streams.video:
             raise InputError(f"{field}: no video stream in the data", field=field)
         stream = container.streams.video[0]
-        _too_many_pixels(stream.codec_context.width, stream.codec_context.height, field, config)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        _too_many_pixels(width, height, field, config)
         _too_many_frames(stream.frames, field, config)
         frames = []
         for frame in container.decode(stream):
             _too_many_frames(len(frames) + 1, field, config)
+            if budget is not None:
+                budget.reserve(frame.width * frame.height * 3, field)
             frames.append(frame.to_image())
         rate = stream.average_rate or stream.guessed_rate
     if not frames:
@@ -353,10 +375,15 @@ def _decode_av(data: bytes, field: str, config: MediaConfig) -> Video:
     return Video(frames, fps=float(rate) if rate else 8.0)
 
 
-def _decode_animation(data: bytes, field: str, config: MediaConfig) -> Video:
+def _decode_animation(
+    data: bytes, field: str, config: MediaConfig, budget: DecodeBudget | None
+) -> Video:
     img = PILImage.open(BytesIO(data))
     _too_many_pixels(img.width, img.height, field, config)
-    _too_many_frames(getattr(img, "n_frames", 1), field, config)
+    count = getattr(img, "n_frames", 1)
+    _too_many_frames(count, field, config)
+    if budget is not None:
+        budget.reserve(img.width * img.height * 3 * count, field)
     frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(img)]
     img.seek(0)
     img.load()  # WebP reports its frame duration only once a frame is loaded
@@ -379,7 +406,7 @@ def decode_audio(
     except ImpastoError:
         raise
     except Exception as exc:  # untrusted bytes
-        raise InputError(f"{field}: not a valid audio file: {exc}", field=field) from None
+        raise InputError(f"{field}: not a valid audio file: {_reason(exc)}", field=field) from None
     if not (content_type or "").startswith("audio/"):
         content_type = next((_AUDIO_TYPES[n] for n in names if n in _AUDIO_TYPES), None) or (
             content_type or "application/octet-stream"

@@ -26,9 +26,10 @@ from PIL import Image as PILImage
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from ..accept import ranges
 from ..config import MediaConfig
 from ..errors import InputError, ModelError
-from .types import Audio, File, Video
+from .values import Audio, File, Video
 
 IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 VIDEO_FORMATS = {"mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
@@ -305,21 +306,8 @@ def format_for_accept(accept: str | None, kind: str, default: str | None = None)
     """
     if not accept or kind not in _ACCEPT:
         return None
-    ranges = []
-    for i, item in enumerate(accept.split(",")):
-        media, *params = (p.strip() for p in item.split(";"))
-        q = 1.0
-        for param in params:
-            key, _, val = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(val)
-                except ValueError:
-                    q = 0.0
-        if media and q > 0:
-            ranges.append((-q, i, media.lower()))
     table = _ACCEPT[kind]
-    for _, _, media in sorted(ranges):
+    for media in ranges(accept):
         if media in table:
             return table[media]
         if media == f"{kind}/*":
@@ -394,7 +382,10 @@ def _jsonable(value: Any, encoded: dict[int, Any]) -> Any:
     try:
         return to_jsonable_python(value)
     except Exception:
-        raise ModelError(f"the output holds a {type(value).__name__}, which is not JSON-able")
+        raise ModelError(
+            f"the model returned output holding a {type(value).__name__}, which cannot be sent "
+            "as JSON; return JSON values, media or pydantic models"
+        ) from None
 
 
 def encode_multipart(parts: list[Encoded], boundary: str | None = None) -> tuple[bytes, str]:

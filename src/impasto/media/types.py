@@ -3,8 +3,12 @@
 As annotations (``def predict(self, image: Image)`` or a pydantic field) they decode what the
 client sent (base64, a ``data:`` URI, raw bytes, a multipart part, an allowed URL) with the
 limits of the :class:`~impasto.config.MediaConfig` found in the validation context
-(``model_validate(data, context={"media": config})``; defaults when absent). Returned from
-``predict`` they are encoded by :mod:`impasto.media.encode`.
+(``model_validate(data, context={"media": config, "budget": DecodeBudget(config)})``;
+defaults and no request budget when absent). Returned from ``predict`` they are encoded by
+:mod:`impasto.media.encode`.
+
+This module sits on top of the media package: it imports the values, the decoders and the
+encoders, and gives ``Video``, ``Audio`` and ``File`` their pydantic hooks.
 
 A limit breach raises :class:`~impasto.errors.PayloadTooLarge` straight out of validation so
 it keeps its 413; any other bad media becomes a pydantic error at the field's ``loc`` (422).
@@ -12,15 +16,12 @@ it keeps its 413; any other bad media becomes a pydantic error at the field's ``
 
 from __future__ import annotations
 
-import io
 import types
 import typing
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageMode
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
@@ -28,11 +29,16 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from ..config import MediaConfig
 from ..errors import InputError, PayloadTooLarge
+from .budget import DecodeBudget
+from .decode import decode_audio, decode_image, decode_video, load_bytes
+from .encode import encode
+from .values import Audio, File, UploadedFile, Video
 
 MediaKind = Literal["image", "video", "audio", "file"]
 
 _DEFAULT_CONFIG = MediaConfig()
 _SOURCES = "base64 text, a data: URI, a multipart file part, or an http(s) URL when allowed"
+Convert = Callable[[Any, str, MediaConfig, DecodeBudget | None], Any]
 
 
 def media_config(context: Any) -> MediaConfig:
@@ -45,16 +51,21 @@ def media_config(context: Any) -> MediaConfig:
     return _DEFAULT_CONFIG
 
 
-def _media_schema(
-    kind: MediaKind, convert: Callable[[Any, str, MediaConfig], Any]
-) -> core_schema.CoreSchema:
-    """A pydantic core schema running ``convert(value, field, config)`` on each value."""
-    from .encode import encode  # encode imports this module; bound once per schema build
+def _budget(context: Any) -> DecodeBudget | None:
+    budget = context.get("budget") if isinstance(context, dict) else None
+    return budget if isinstance(budget, DecodeBudget) else None
+
+
+def _media_schema(kind: MediaKind, convert: Convert) -> core_schema.CoreSchema:
+    """A pydantic core schema running ``convert(value, field, config, budget)`` on each value."""
 
     def validate(value: Any, info: core_schema.ValidationInfo) -> Any:
         field = info.field_name or kind
+        budget = _budget(info.context)
         try:
-            return convert(value, field, media_config(info.context))
+            if budget is not None:
+                budget.count(field)
+            return convert(value, field, media_config(info.context), budget)
         except PayloadTooLarge:
             raise  # keep 413; pydantic would turn it into a 422
         except InputError as exc:
@@ -107,13 +118,20 @@ class _ImageField:
 
     mode: str | None = None
 
-    def convert(self, value: Any, field: str, config: MediaConfig) -> PILImage.Image:
-        from .decode import decode_image, load_bytes
-
+    def convert(
+        self, value: Any, field: str, config: MediaConfig, budget: DecodeBudget | None
+    ) -> PILImage.Image:
         if isinstance(value, PILImage.Image):  # built in Python (an output), not client data
             return value if self.mode in (None, value.mode) else value.convert(self.mode)
-        data, _ = load_bytes(value, field=field, config=config)
-        return decode_image(data, field=field, config=config, mode=self.mode)
+        data, content_type = load_bytes(value, field=field, config=config)
+        return decode_image(
+            data,
+            field=field,
+            config=config,
+            mode=self.mode,
+            budget=budget,
+            content_type=content_type,
+        )
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
@@ -157,134 +175,50 @@ class Image:
         return _ImageField().__get_pydantic_json_schema__(schema, handler)
 
 
-@dataclass(frozen=True, eq=False)
-class Video:
-    """A video: RGB frames (PIL images, or a uint8 ``(T, H, W, C)`` array) at ``fps``.
+def _video(value: Any, field: str, config: MediaConfig, budget: DecodeBudget | None) -> Video:
+    if isinstance(value, Video):
+        return value
+    data, _ = load_bytes(value, field=field, config=config)
+    return decode_video(data, field=field, config=config, budget=budget)
 
-    Returned from ``predict`` it is encoded as mp4, gif or webp; as an input annotation the
-    model receives a ``Video`` whose frames are decoded PIL images.
-    """
 
-    frames: list[PILImage.Image] | np.ndarray
-    fps: float = 8.0
+def _audio(value: Any, field: str, config: MediaConfig, budget: DecodeBudget | None) -> Audio:
+    if isinstance(value, Audio):
+        return value
+    data, content_type = load_bytes(value, field=field, config=config)
+    if budget is not None:
+        budget.reserve(len(data), field)
+    return decode_audio(data, field=field, config=config, content_type=content_type)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.frames, list | np.ndarray):
-            object.__setattr__(self, "frames", list(self.frames))
-        if len(self.frames) == 0:
-            raise ValueError("Video needs at least one frame")
-        if not self.fps > 0:
-            raise ValueError(f"Video fps must be positive, got {self.fps}")
 
-    def __len__(self) -> int:
-        return len(self.frames)
+def _file(value: Any, field: str, config: MediaConfig, budget: DecodeBudget | None) -> File:
+    if isinstance(value, File):
+        return value
+    data, content_type = load_bytes(value, field=field, config=config)
+    if budget is not None:
+        budget.reserve(len(data), field)
+    filename = value.filename if isinstance(value, UploadedFile) else None
+    return File(data, content_type or "application/octet-stream", filename)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the first frame."""
-        first = self.frames[0]
-        if isinstance(first, PILImage.Image):
-            return first.size
-        shape = np.shape(first)
-        return int(shape[1]), int(shape[0])
 
-    @classmethod
-    def _convert(cls, value: Any, field: str, config: MediaConfig) -> Video:
-        from .decode import decode_video, load_bytes
+def _hook(cls: type, kind: MediaKind, convert: Convert, media_type: str, what: str) -> None:
+    """Give a value class its pydantic hooks (the values module knows nothing of pydantic)."""
 
-        if isinstance(value, Video):
-            return value
-        data, _ = load_bytes(value, field=field, config=config)
-        return decode_video(data, field=field, config=config)
+    def core(cls_: type, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return _media_schema(kind, convert)
 
-    @classmethod
-    def __get_pydantic_core_schema__(
-        cls, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return _media_schema("video", cls._convert)
-
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    def json(
+        cls_: type, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> dict[str, Any]:
-        return _json_schema(handler, "video/*", "A video (mp4, webm, gif, animated webp...)")
+        return _json_schema(handler, media_type, what)
+
+    cls.__get_pydantic_core_schema__ = classmethod(core)  # type: ignore[attr-defined]
+    cls.__get_pydantic_json_schema__ = classmethod(json)  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
-class Audio:
-    """Encoded audio bytes with their content type; kept as sent, never transcoded."""
-
-    data: bytes
-    content_type: str = "audio/wav"
-    sample_rate: int | None = None
-
-    @classmethod
-    def from_array(cls, samples: Any, sample_rate: int) -> Audio:
-        """16-bit PCM WAV from float samples in [-1, 1] or int16, shaped (n,) or (n, channels)."""
-        arr = np.asarray(samples)
-        if arr.dtype != np.int16:
-            arr = (np.clip(arr.astype(np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
-        arr = arr.reshape(arr.shape[0], -1) if arr.ndim else arr.reshape(1, 1)
-        buf = io.BytesIO()
-        with wave.open(buf, "wb") as out:
-            out.setnchannels(arr.shape[1])
-            out.setsampwidth(2)
-            out.setframerate(int(sample_rate))
-            out.writeframes(np.ascontiguousarray(arr, dtype="<i2").tobytes())
-        return cls(buf.getvalue(), "audio/wav", int(sample_rate))
-
-    @classmethod
-    def _convert(cls, value: Any, field: str, config: MediaConfig) -> Audio:
-        from .decode import decode_audio, load_bytes
-
-        if isinstance(value, Audio):
-            return value
-        data, content_type = load_bytes(value, field=field, config=config)
-        return decode_audio(data, field=field, config=config, content_type=content_type)
-
-    @classmethod
-    def __get_pydantic_core_schema__(
-        cls, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return _media_schema("audio", cls._convert)
-
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> dict[str, Any]:
-        return _json_schema(handler, "audio/*", "An audio file")
-
-
-@dataclass(frozen=True)
-class File:
-    """Opaque bytes with a content type and an optional file name, passed through untouched."""
-
-    data: bytes
-    content_type: str = "application/octet-stream"
-    filename: str | None = None
-
-    @classmethod
-    def _convert(cls, value: Any, field: str, config: MediaConfig) -> File:
-        from .decode import UploadedFile, load_bytes
-
-        if isinstance(value, File):
-            return value
-        data, content_type = load_bytes(value, field=field, config=config)
-        filename = value.filename if isinstance(value, UploadedFile) else None
-        return cls(data, content_type or "application/octet-stream", filename)
-
-    @classmethod
-    def __get_pydantic_core_schema__(
-        cls, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return _media_schema("file", cls._convert)
-
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> dict[str, Any]:
-        return _json_schema(handler, "application/octet-stream", "A file")
-
+_hook(Video, "video", _video, "video/*", "A video (mp4, webm, gif, animated webp...)")
+_hook(Audio, "audio", _audio, "audio/*", "An audio file")
+_hook(File, "file", _file, "application/octet-stream", "A file")
 
 _KINDS: dict[Any, MediaKind] = {Image: "image", Video: "video", Audio: "audio", File: "file"}
 

@@ -28,14 +28,34 @@ async def impasto_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    message = exc.detail or "error"
+    if exc.status_code == 404:
+        message = (
+            f"no route for {request.method} {request.url.path}; "
+            f"this server answers: {', '.join(_routes(request))}"
+        )
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.url.path} does not take {request.method}; it takes {allowed}"
     body = {
         "error": {
             "type": _HTTP_TYPES.get(exc.status_code, "http_error"),
-            "message": exc.detail or "error",
+            "message": message,
             "field": None,
         }
     }
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _routes(request: Request) -> list[str]:
+    """``METHOD /path`` of every route of the app (HEAD left out: GET implies it)."""
+    found = []
+    for route in getattr(request.app, "routes", []):
+        methods = sorted(m for m in getattr(route, "methods", None) or () if m != "HEAD")
+        path = getattr(route, "path", None)
+        if path and methods:
+            found.append(f"{'|'.join(methods)} {path}")
+    return found
 
 
 async def unhandled_error(request: Request, exc: Exception) -> Response:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestIds:
+    """Unique request ids, cheaply: a random per-process prefix and a counter (ids are
+    for correlation, not secrets; job ids that must not be guessed are made elsewhere)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"  # 32 hex digits, as a uuid4 hex
 
 
 class RequestIdMiddleware:
@@ -17,20 +30,25 @@ class RequestIdMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.new_id = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        sent = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = sent if _VALID_ID.match(sent) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        raw = request_id.encode("latin-1")
+        raw = b""
+        for key, value in scope.get("headers") or ():
+            if key == b"x-request-id":
+                raw = value
+                break
+        if not (raw and _VALID_ID.match(raw)):
+            raw = self.new_id().encode("latin-1")
+        scope.setdefault("state", {})["request_id"] = raw.decode("latin-1")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers: list[Any] = [
-                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"
                 ]
                 headers.append((b"x-request-id", raw))
                 message["headers"] = headers

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from ..runner import Runner
+from ..media import media_kind
 from ..spec import EndpointSpec
+from .registry import Models
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {
@@ -103,6 +107,23 @@ def _has_binary(schema: Any, defs: dict[str, Any], seen: set[str] | None = None)
     return False
 
 
+_RAW_TYPES = {
+    "image": ("image/png", "image/jpeg", "image/webp"),
+    "video": ("video/mp4", "image/gif", "image/webp"),
+}
+
+
+def _media_outputs(model: Any) -> dict[str, bool]:
+    """The media kinds an output model's fields hold, each with whether it may hold several."""
+    found: dict[str, bool] = {}
+    for info in getattr(model, "model_fields", {}).values():
+        kind = media_kind(info.annotation)
+        if kind is not None:
+            many = typing.get_origin(info.annotation) in (list, tuple)
+            found[kind] = found.get(kind, False) or many
+    return found
+
+
 def _operation(ep: EndpointSpec, defs: dict[str, Any], model_name: str) -> dict[str, Any]:
     body_schema = schema_of(ep.input_model, defs)
     content: dict[str, Any] = {"application/json": {"schema": body_schema}}
@@ -110,15 +131,27 @@ def _operation(ep: EndpointSpec, defs: dict[str, Any], model_name: str) -> dict[
         content["multipart/form-data"] = {"schema": body_schema}
     output = schema_of(ep.output_model, defs, mode="serialization")
     ok: dict[str, Any] = {"application/json": {"schema": output}}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    kinds = _media_outputs(ep.output_model)
+    for kind, many in kinds.items():  # one media output comes raw when Accept asks for it
+        for media_type in _RAW_TYPES.get(kind, ()):
+            ok[media_type] = {**binary, "description": f"The {kind} itself (Accept: {media_type})"}
+        if many:
+            ok["multipart/mixed"] = {**binary, "description": "Every media output, one part each"}
+    ok["text/event-stream"] = {
+        "schema": {"type": "string"},
+        "description": "progress, preview and log events, then result (or error)",
+    }
     if ep.streams:
         ok = {
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": binary,
             "text/event-stream": {"schema": {"type": "string"}},
         }
     errors = {
         str(code): {"description": text, "content": {"application/json": {"schema": _ERROR}}}
         for code, text in (
             (400, "Malformed body"),
+            (406, "Accept asks for what this result cannot be"),
             (413, "Too large"),
             (422, "Invalid input (the field is named)"),
             (429, "Queue full; retry after Retry-After"),
@@ -136,23 +169,30 @@ def _operation(ep: EndpointSpec, defs: dict[str, Any], model_name: str) -> dict[
     }
 
 
-def build_openapi(runner: Runner, model_name: str, version: str) -> dict[str, Any]:
+def build_openapi(models: Models, title: str, version: str) -> dict[str, Any]:
+    """The document for every served model: the default model's endpoints at their own
+    routes and ``/predict``, every model's at ``/v1/models/<name>/<endpoint>``."""
     defs: dict[str, Any] = {}
     paths: dict[str, Any] = {}
-    default = runner.spec.default_endpoint
-    for ep in runner.spec.endpoints.values():
-        op = _operation(ep, defs, model_name)
-        paths.setdefault(ep.route, {})["post"] = op
-        if ep is default and ep.route != "/predict":
-            paths["/predict"] = {"post": {**op, "operationId": "predict"}}
+    for runner in models:
+        default = runner.spec.default_endpoint
+        for ep in runner.spec.endpoints.values():
+            op = _operation(ep, defs, runner.name)
+            if runner is models.default:
+                paths.setdefault(ep.route, {})["post"] = op
+                if ep is default and ep.route != "/predict":
+                    paths["/predict"] = {"post": {**op, "operationId": "predict"}}
+            if len(models) > 1:
+                named = {**op, "operationId": f"{runner.name}_{ep.name}"}
+                paths[f"/v1/models/{runner.name}/{ep.name}"] = {"post": named}
     for path, summary in (
         ("/health/live", "Liveness: 200 while the process runs"),
-        ("/health/ready", "Readiness: 200 once the model is loaded, else 503"),
+        ("/health/ready", "Readiness: 200 once every model is loaded, else 503"),
     ):
         paths[path] = {"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": model_name, "version": version, "description": "Served by impasto."},
+        "info": {"title": title, "version": version, "description": "Served by impasto."},
         "paths": paths,
         "components": {"schemas": defs},
     }
@@ -160,9 +200,17 @@ def build_openapi(runner: Runner, model_name: str, version: str) -> dict[str, An
 
 DOCS_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title} - impasto</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
 </head><body><div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui"}});</script>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null}});</script>
 </body></html>
 """
+
+
+def docs_assets() -> Path:
+    """Swagger UI's files, shipped in the ``swagger-ui-py`` package: /docs works offline."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is missing: pip install impasto (it is a dependency)")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"

@@ -7,29 +7,46 @@ runs in a worker thread so the event loop keeps serving while an image is encode
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio.to_thread
+import orjson
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ..accept import ranges, wants
 from ..config import MediaConfig
 from ..context import OutputPrefs
-from ..media import encode, encode_multipart, find_media, format_for_accept, to_jsonable
+from ..errors import ImpastoError, ModelError, NotAcceptable
+from ..media import (
+    Audio,
+    File,
+    Video,
+    encode,
+    encode_multipart,
+    find_media,
+    format_for_accept,
+    to_jsonable,
+)
 
-
-def wants(accept: str | None, media_type: str) -> bool:
-    """True when the Accept header lists ``media_type`` explicitly."""
-    if not accept:
-        return False
-    return any(part.split(";")[0].strip().lower() == media_type for part in accept.split(","))
+log = logging.getLogger("impasto.server")
 
 
 def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON; NaN and infinities are refused (ValueError): JSON has none."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def fast_dumps(value: Any) -> bytes:
+    """:func:`dumps` for values already known to hold only finite numbers (orjson; the
+    standard library for what orjson does not take, such as integers past 64 bits)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return dumps(value)
 
 
 class FastJSONResponse(JSONResponse):
@@ -40,7 +57,11 @@ class FastJSONResponse(JSONResponse):
 class ClosingStream(StreamingResponse):
     """A streaming response that closes ``source`` (default: its body) however it ends:
     finished, failed, or the client gone mid-write. A generator endpoint's slot is freed then,
-    not whenever the garbage collector finalizes an abandoned generator."""
+    not whenever the garbage collector finalizes an abandoned generator.
+
+    An ImpastoError out of the body (the model failed mid-stream; it is already logged) ends
+    the response without its final chunk, so the client sees a broken stream rather than a
+    complete one, and the server keeps serving without printing a traceback."""
 
     def __init__(self, content: Any, *, source: Any = None, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
@@ -49,6 +70,8 @@ class ClosingStream(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except ImpastoError as exc:
+            log.warning("stream ended early: %s %s", exc.type, exc.message)
         finally:
             close = getattr(self.source, "aclose", None)
             if close is not None:
@@ -56,15 +79,40 @@ class ClosingStream(StreamingResponse):
 
 
 def _media_kind(value: Any) -> str:
-    from ..media import Audio, File, Video
-
     if isinstance(value, Audio | File):
         return "file"  # kept as sent: only an Accept naming its own content type gets raw bytes
     return "video" if isinstance(value, Video) else "image"
 
 
-def _encode_response(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Response:
-    """Runs in a worker thread: pick raw bytes, multipart or JSON and encode once."""
+def accepts_json(accept: str | None) -> bool:
+    """Whether a JSON body satisfies ``accept`` (no header, ``*/*``, a JSON type...)."""
+    if not accept:
+        return True
+    return any(
+        r in ("*/*", "application/*", "application/json") or r.endswith("+json")
+        for r in ranges(accept)
+    )
+
+
+def _not_acceptable(result: Any, found: list[Any], prefs: OutputPrefs) -> NotAcceptable:
+    offers = ["application/json"]
+    if len(found) == 1:
+        kind = _media_kind(found[0])
+        offers += {
+            "image": ["image/png", "image/jpeg", "image/webp"],
+            "video": ["video/mp4", "image/gif", "image/webp"],
+        }.get(kind, [str(getattr(found[0], "content_type", "application/octet-stream"))])
+    elif len(found) > 1:
+        offers.append(f"multipart/mixed (its {len(found)} media)")
+    return NotAcceptable(
+        f"Accept: {prefs.accept} cannot be met: this result can be sent as {', '.join(offers)}",
+        field="accept",
+    )
+
+
+def encode_result(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Response:
+    """Pick raw bytes, multipart or JSON by ``prefs`` and encode once (in a worker thread on
+    the server; ``impasto predict`` calls it directly). 406 when Accept rules out them all."""
     found = find_media(result)
     if len(found) == 1:
         value = found[0]
@@ -78,6 +126,8 @@ def _encode_response(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Res
         parts = [encode(v, format=prefs.format, quality=prefs.quality, config=media) for v in found]
         body, ctype = encode_multipart(parts, boundary=uuid.uuid4().hex)
         return Response(body, media_type=ctype)
+    if not accepts_json(prefs.accept):
+        raise _not_acceptable(result, found, prefs)
     started = time.perf_counter()
     body = to_jsonable(result, format=prefs.format, quality=prefs.quality, config=media)
     if isinstance(body, dict) and isinstance(body.get("timings"), dict):
@@ -87,8 +137,6 @@ def _encode_response(result: Any, prefs: OutputPrefs, media: MediaConfig) -> Res
 
 def _is_file_accept(accept: str | None, value: Any) -> bool:
     """An ``Audio`` or ``File`` result whose own content type the client asked for."""
-    from ..media import Audio, File
-
     ctype = getattr(value, "content_type", None)
     return isinstance(value, Audio | File) and bool(ctype) and wants(accept, ctype.split(";")[0])
 
@@ -97,7 +145,8 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 def _small_plain(value: Any, budget: int = 256) -> bool:
-    """True for a small dict/list of plain JSON values (no media, nothing to encode)."""
+    """True for a small dict/list of plain JSON values with finite numbers (no media,
+    nothing to encode, nothing JSON cannot hold)."""
     stack, seen = [value], 0
     while stack:
         item = stack.pop()
@@ -108,68 +157,107 @@ def _small_plain(value: Any, budget: int = 256) -> bool:
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
             stack.extend(item)
+        elif isinstance(item, float):
+            if item != item or item in _INFINITE:
+                return False
         elif not isinstance(item, _PLAIN):
             return False
     return True
 
 
+_INFINITE = (float("inf"), float("-inf"))
+
+
 async def render(
     result: Any, prefs: OutputPrefs, media: MediaConfig, timings: dict[str, float] | None = None
 ) -> Response:
-    """The response for ``result``; ``timings`` (seconds) go out as a ``Server-Timing`` header."""
+    """The response for ``result``; ``timings`` (seconds) go out as a ``Server-Timing`` header.
+
+    Small plain results are written on the loop; anything with media or of some size is
+    encoded in a worker thread. A result that cannot be written as JSON (NaN, an arbitrary
+    object) is the model's error, named as such."""
     if isinstance(result, Response):
         return result
     started = time.perf_counter()
-    if isinstance(result, str | int | float | bool | type(None)):
-        response: Response = FastJSONResponse(result)
-    elif _small_plain(result):  # nothing to encode: no thread hop, no media walk
-        response = Response(dumps(result), media_type="application/json")
-    else:
-        response = await anyio.to_thread.run_sync(_encode_response, result, prefs, media)
-    if timings is not None:
-        spans = {**timings, "encode": time.perf_counter() - started}
-        response.headers["Server-Timing"] = ", ".join(
-            f"{name.removesuffix('_s')};dur={seconds * 1000:.1f}" for name, seconds in spans.items()
-        )
+    try:
+        plain = (isinstance(result, str) and len(result) < 4096) or _small_plain(result)
+        if plain and (prefs.accept is None or accepts_json(prefs.accept)):
+            # nothing to encode: no thread hop, no media walk
+            response: Response = _JSONBytes(fast_dumps(result))
+        else:
+            response = await anyio.to_thread.run_sync(encode_result, result, prefs, media)
+    except (TypeError, ValueError) as exc:
+        raise unencodable(result, exc) from None
+    if timings:
+        spans = [f"{name.removesuffix('_s')};dur={s * 1000:.1f}" for name, s in timings.items()]
+        spans.append(f"encode;dur={(time.perf_counter() - started) * 1000:.1f}")
+        response.raw_headers.append((b"server-timing", ", ".join(spans).encode()))
     return response
 
 
-def _chunk_bytes(chunk: Any, media: MediaConfig) -> bytes:
+class _JSONBytes(Response):
+    """A response of JSON bytes already encoded (skips Response's own rendering)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+
+
+def unencodable(result: Any, exc: BaseException) -> ModelError:
+    """The error for a model output that cannot be sent as JSON."""
+    return ModelError(
+        f"the model returned {type(result).__name__} output that cannot be sent as JSON: {exc}"
+    )
+
+
+def chunk_bytes(chunk: Any, media: MediaConfig) -> bytes:
+    """One streamed chunk as bytes: bytes and text as they are, anything else as a JSON line."""
     if isinstance(chunk, bytes | bytearray | memoryview):
         return bytes(chunk)
     if isinstance(chunk, str):
         return chunk.encode()
-    return dumps(to_jsonable(chunk, config=media)) + b"\n"
+    try:
+        return dumps(to_jsonable(chunk, config=media)) + b"\n"
+    except (TypeError, ValueError) as exc:
+        raise unencodable(chunk, exc) from None
 
 
-def stream_response(chunks: AsyncIterator[Any], prefs: OutputPrefs, media: MediaConfig) -> Any:
-    """A generator endpoint's output: raw chunks, or SSE frames when the client asks."""
-    if wants(prefs.accept, "text/event-stream"):
+async def encoded_chunk(chunk: Any, media: MediaConfig) -> bytes:
+    """:func:`chunk_bytes`, off the loop unless the chunk is bytes, text or small and plain."""
+    if isinstance(chunk, bytes | bytearray | memoryview | str) or _small_plain(chunk):
+        return chunk_bytes(chunk, media)
+    return await anyio.to_thread.run_sync(chunk_bytes, chunk, media)
 
-        async def frames() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                data = chunk if isinstance(chunk, str) else _chunk_bytes(chunk, media).decode()
-                data = data.rstrip("\n")
-                yield b"".join(b"data: " + line.encode() + b"\n" for line in data.split("\n"))
-                yield b"\n"
 
-        return ClosingStream(frames(), source=chunks, media_type="text/event-stream")
+def raw_stream(chunks: Any, media: MediaConfig) -> StreamingResponse:
+    """A streaming endpoint's chunks as raw bytes (text as is, anything else a JSON line)."""
 
-    async def raw() -> AsyncIterator[bytes]:
+    async def raw() -> Any:
         async for chunk in chunks:
-            yield _chunk_bytes(chunk, media)
+            yield await encoded_chunk(chunk, media)
 
-    return ClosingStream(raw(), source=chunks, media_type="application/octet-stream")
+    return StreamingResponse(raw(), media_type="application/octet-stream")
 
 
-async def gather_stream(chunks: AsyncIterator[Any], media: MediaConfig) -> Response:
-    """Drain a stream into one JSON response (for clients that asked for application/json)."""
-    items = [chunk async for chunk in chunks]
-    if all(isinstance(c, str | bytes) for c in items):
-        text = "".join(c.decode() if isinstance(c, bytes) else c for c in items)
-        return FastJSONResponse(text)
-    return FastJSONResponse(to_jsonable(items, config=media))
+def sse_data(data: bytes) -> bytes:
+    """One SSE message carrying ``data`` (split into ``data:`` lines)."""
+    text = data.decode().rstrip("\n")
+    return b"".join(b"data: " + line.encode() + b"\n" for line in text.split("\n")) + b"\n"
 
 
 def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: ".encode() + dumps(data) + b"\n\n"
+
+
+def gathered(chunks: list[Any], media: MediaConfig) -> Any:
+    """A stream drained into one JSON value: the text of str/bytes chunks, else the list."""
+    if all(isinstance(c, str | bytes) for c in chunks):
+        return "".join(c.decode() if isinstance(c, bytes) else c for c in chunks)
+    return to_jsonable(chunks, config=media)

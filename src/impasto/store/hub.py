@@ -9,6 +9,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import httpx
+
 from ..errors import NotFound, StoreError
 from .files import PICKLE_SUFFIXES, refuse_pickles
 
@@ -72,6 +74,19 @@ def download_patterns(
     return allow, ignore or None
 
 
+def offline_reason(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached from here (``HF_HUB_OFFLINE``, or no answer within
+    ``timeout`` seconds), else None. One quick request instead of a download's retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        httpx.head(endpoint, timeout=timeout, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return f"{endpoint} does not answer ({type(exc).__name__})"
+    return None
+
+
 def download(
     repo_id: str,
     local_dir: Path,
@@ -91,6 +106,13 @@ def download(
             "pip install 'impasto[diffusers]'"
         )
     where = f"{repo_id}@{revision}" if revision else repo_id
+    offline = offline_reason()
+    if offline is not None:
+        raise StoreError(
+            f"cannot download {where}: the Hugging Face hub is unreachable ({offline}); run "
+            "the import on a connected machine and bring the store over (`impasto models "
+            "export` / `import-archive`), or import a folder that holds the model"
+        )
     try:
         path = huggingface_hub.snapshot_download(
             repo_id=repo_id,
@@ -114,10 +136,7 @@ def download(
     except Exception as exc:
         reason = " ".join(str(exc).split())
         reason = reason if len(reason) <= 300 else reason[:297] + "..."
-        raise StoreError(
-            f"downloading {where} failed ({type(exc).__name__}: {reason}); the partial download "
-            f"is kept in {local_dir}, so rerunning the same command resumes it"
-        )
+        raise StoreError(f"downloading {where} failed ({type(exc).__name__}: {reason})")
     return Path(path)
 
 

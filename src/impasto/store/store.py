@@ -170,9 +170,18 @@ class ModelStore:
                 ignore_patterns=ignore,
                 token=token if token is not None else hub.find_token(),
             )
-        except BaseException:
-            if not any(p.name != ".cache" for p in folder.iterdir()):
+        except BaseException as exc:
+            kept = folder.exists() and any(p.name != ".cache" for p in folder.iterdir())
+            if not kept:
                 shutil.rmtree(folder, ignore_errors=True)  # nothing worth resuming
+            if isinstance(exc, StoreError):
+                tail = (
+                    f"; the partial download is kept in {folder}, so rerunning the same "
+                    "command resumes it"
+                    if kept
+                    else "; nothing was downloaded and nothing was kept"
+                )
+                raise StoreError(exc.message + tail) from None
             raise
         with self._staging(folder) as staging:
             commit = hub.downloaded_commit(staging)
