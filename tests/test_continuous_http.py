@@ -94,3 +94,17 @@ def test_short_request_joins_a_running_one_and_finishes_first(server):
     assert result["recipe"]["steps"] == LONG_STEPS and result["seeds"] == [4]
     alone = _png(server.client.post("/text2img", json=short, headers=png).content)
     assert np.abs(alone - together).max() <= 2
+    figures = _engine_metrics(server.client.get("/metrics").text)
+    assert figures["impasto_engine_active"] == 0 and figures["impasto_engine_queued"] == 0
+    # the short request's two steps rode on the long one's, then it ran alone: 2 more steps;
+    # rows: 2 per step with guidance (the long one), 1 without (the short one)
+    steps, rows = figures["impasto_engine_steps_total"], figures["impasto_engine_rows_total"]
+    assert (steps, rows) == (LONG_STEPS + 2, 2 * LONG_STEPS + 2 + 2)
+
+
+def _engine_metrics(text: str) -> dict[str, float]:
+    return {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("impasto_engine_")
+    }

@@ -131,6 +131,12 @@ class Runner:
         self._listeners = [metrics.listener(name)] if metrics is not None else []
         if metrics is not None:
             metrics.track(name, lambda: self._queued, lambda: len(self._live))
+            metrics.track_engine(name, self._engine_stats)
+
+    def _engine_stats(self) -> dict[str, float]:
+        """The model's own scheduler figures (``engine_stats()``), if it has one running."""
+        stats = getattr(self.loading.model, "engine_stats", None)
+        return stats() if callable(stats) else {}
 
     # loading (the state machine is the Loader's) -----------------------------------------
     def start(self) -> asyncio.Task:

@@ -228,12 +228,13 @@ class ContinuousEngine:
         return self._serve(ticket, task, input)
 
     def stats(self) -> dict[str, Any]:
-        """Active and queued requests, steps run and the mean UNet batch (rows per step)."""
+        """Active and queued requests, UNet steps and rows run so far, the mean UNet batch."""
         with self._cond:
             return {
                 "active": len(self._members),
                 "queued": len(self._queue),
                 "steps": self.step,
+                "rows": self.rows,
                 "mean_rows": self.rows / self.step if self.step else 0.0,
             }
 

@@ -164,6 +164,10 @@ class DiffusersModel:
             max_batch_pixels=self.batching.max_batch_pixels,
         )
 
+    def engine_stats(self) -> dict[str, Any]:
+        """The continuous engine's figures for the metrics (empty without one)."""
+        return self.engine.stats() if self.engine is not None else {}
+
     def unload(self) -> None:
         """Stop the continuous engine's threads, which hold the pipelines (the runner calls
         this before dropping the model, e.g. to load another in its place)."""
