@@ -2,8 +2,9 @@
 continuous, on the tiny diffusion pipeline over HTTP.
 
 ``examples/tiny-sd`` is served three times from one model store: batching off, static
-batching and continuous batching (``runtime.predict_concurrency`` = ``max_batch_size`` = 8
-for all three). First the unbatched capacity is measured on the ``off`` server (each request
+batching and continuous batching (``max_batch_size`` 8, ``runtime.predict_concurrency`` left
+at its default of 1: a static batch forms while the one before it runs, and continuous
+batching lets a batch's worth of requests in by itself). First the unbatched capacity is measured on the ``off`` server (each request
 shape alone, back to back); then the same open-loop schedule of Poisson arrivals at 70 % of
 that capacity, over four shapes (two sizes x 4 and 12 steps, uniformly mixed), goes to each
 server in turn, alternating for every repetition. Latency is from a request's scheduled
@@ -57,16 +58,15 @@ MODES = {
 }
 SHAPES = [(32, 4), (32, 12), (64, 4), (64, 12)]  # (side, steps), mixed uniformly
 LOAD = 0.7  # arrival rate as a share of the unbatched capacity
-ACTIVE = 8  # max_batch_size and predict_concurrency
+ACTIVE = 8  # max_batch_size
 LONG, SHORT = (64, 48), (64, 4)
 
 
 def package_copy(dest: Path, batching: dict[str, Any]) -> Path:
-    """``examples/tiny-sd`` with the given ``batching`` section and room for 8 at once."""
+    """``examples/tiny-sd`` with the given ``batching`` section (8 images a batch)."""
     shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("__pycache__"))
     config = yaml.safe_load((dest / "config.yaml").read_text()) or {}
     config["batching"] = {"max_batch_size": ACTIVE, "max_wait_ms": 20, **batching}
-    config.setdefault("runtime", {})["predict_concurrency"] = ACTIVE
     (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return dest
 
