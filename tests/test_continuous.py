@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from impasto import logs
 from impasto.config import parse_config
 from impasto.context import RequestContext
 from impasto.diffusers import build_tiny_lora, build_tiny_sd, build_tiny_sdxl, model_class_for
@@ -416,6 +417,22 @@ def test_progress_previews_recipe_and_timings_as_static(models):
     assert result.recipe == static.recipe
     assert np.abs(np.asarray(result.images[0], np.int16) - np.asarray(static.images[0])).max() <= 2
     assert set(result.timings) >= {"queue_s", "inference_s"}
+
+
+def test_model_logs_are_tagged_with_their_request(models):
+    """The pipeline runs in a thread of the engine's own; what it logs (diffusers' warnings,
+    prints) still belongs to the request that was current when it was submitted."""
+    ctx = RequestContext("tagged")
+    seen: list[str | None] = []
+    ctx.subscribe(lambda e: e.kind == "progress" and seen.append(logs.current_request_id()))
+
+    async def submit() -> Any:
+        with logs.running((ctx,)):
+            inp = request(models["sd"], "text2img", seed=55, num_inference_steps=2)
+            return await models["sd"].engine.submit("text2img", inp, ctx)
+
+    asyncio.run(submit())
+    assert seen == ["tagged", "tagged"]
 
 
 def test_lora_requests_step_with_their_own_adapters(models):

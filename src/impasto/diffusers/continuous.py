@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -195,7 +196,9 @@ class ContinuousEngine:
                 await asyncio.wait([future], timeout=_poll(ctx))
             ctx.stage = ""
             self._check_open()
-            work = loop.run_in_executor(self._pool, self._serve, ticket, task, input)
+            # in the caller's context: the model's log lines stay tagged with its request
+            serve = partial(contextvars.copy_context().run, self._serve, ticket, task, input)
+            work = loop.run_in_executor(self._pool, serve)
         except BaseException:
             self._withdraw(ticket)
             raise
