@@ -11,9 +11,8 @@ Every call, whatever protocol it came in by, goes through the same four runner s
 predictions; ``runtime.predict_concurrency`` slots bound the predictions running at once and
 the admission limit bounds the predictions in flight: ``runtime.max_queue`` waiting beyond
 what the slots (times ``batching.max_batch_size`` for a batched endpoint, or one that
-batches itself) can hold. A
-deadline, a disconnect, a shutdown or an explicit cancel all go through
-:meth:`Prediction.abort`, so the reason a prediction ended is always the true one.
+batches itself) can hold. A deadline, a disconnect, a shutdown or an explicit cancel all go
+through :meth:`Prediction.abort`, so the reason a prediction ended is always the true one.
 """
 
 from __future__ import annotations
