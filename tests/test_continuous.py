@@ -438,8 +438,9 @@ def test_model_logs_are_tagged_with_their_request(models):
 def test_lora_requests_step_with_their_own_adapters(models):
     """A LoRA request and a plain one run at the same time: each equals the static path."""
     model = models["sd"]
-    lora = request(model, "text2img", seed=60, loras=[{"ref": "loras/ink", "scale": 0.8}])
-    plain = request(model, "text2img", seed=60)
+    ink = [{"ref": "loras/ink", "scale": 0.8}]
+    lora = request(model, "text2img", seed=60, num_inference_steps=4, loras=ink)
+    plain = request(model, "text2img", seed=60, num_inference_steps=4)
     expected = model.generate_images("text2img", [lora, plain], [RequestContext()] * 2)
     ctx_a, ctx_b = RequestContext("lora"), RequestContext("plain")
     with Recorder(model.engine) as rec:
