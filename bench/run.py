@@ -39,6 +39,7 @@ SECTIONS = {
     "images": ("bench.images", "image responses over HTTP"),
     "encoders": ("bench.images:Encoders", "pure encoder figures (bench/encoders.py)"),
     "batching": ("bench.batching", "the tiny diffusion pipeline, batching on vs off"),
+    "continuous": ("bench.continuous", "Poisson arrivals, mixed steps: off, static, continuous"),
     "coldstart": ("bench.coldstart", "process start to first prediction; store vs folder"),
     "jobs": ("bench.jobs", "async jobs accepted per second on each store vs sync /predict"),
     "ray": ("bench.rayserve", "Ray Serve: ingress overhead, replicas (opt-in: --only ray)"),

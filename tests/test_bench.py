@@ -99,3 +99,16 @@ def test_quick_run_writes_ratios(tmp_path) -> None:
     assert len(images) == 14
     assert all(r["bytes"] > 0 and r["ms_ratio"] > 0 for r in images)
     assert "Serving overhead" in proc.stdout
+
+
+def test_continuous_schedule_is_poisson_and_reproducible() -> None:
+    from bench import continuous
+
+    arrivals = continuous.schedule(rate=4.0, count=400)
+    assert arrivals == continuous.schedule(rate=4.0, count=400)  # one schedule for every mode
+    times = [at for at, _ in arrivals]
+    assert times == sorted(times) and times[0] > 0
+    gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
+    assert 0.2 < sum(gaps) / len(gaps) < 0.3  # mean gap 1/rate
+    assert {shape for _, shape in arrivals} == set(continuous.SHAPES)
+    assert "continuous" in run.SECTIONS

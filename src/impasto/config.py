@@ -128,6 +128,15 @@ class Batching(_Section):
     max_batch_pixels: int = Field(
         8 * 512 * 512, ge=1, description="Pixel budget per batch (width*height*items)."
     )
+    mode: Literal["static", "continuous"] = Field(
+        "static",
+        description=(
+            "`static`: a batch runs from its first step to its last and later requests wait "
+            "for it. `continuous` (diffusers UNet pipelines): requests join and leave a running "
+            "denoising batch at every step, bounded by max_batch_size and max_batch_pixels; "
+            "pipelines it cannot drive fall back to static."
+        ),
+    )
 
 
 class MediaConfig(_Section):
