@@ -1,0 +1,200 @@
+"""`impasto build` for containers: golden Dockerfiles for every kind of package, hadolint on
+each, the entrypoint's arguments, the spec's rules, and the context the command writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from build_helpers import (
+    EXAMPLES,
+    GPU_PACKAGE,
+    check_golden,
+    impasto_wheelhouse,
+    octoai_folder,
+    sagemaker_folder,
+    zero_code_tiny,
+)
+from impasto.build import BuildOptions, build_spec, render_dockerfile, render_entrypoint
+from impasto.errors import ConfigError
+
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A model store holding tiny-sd:golden (IMPASTO_HOME for the module)."""
+    from impasto.diffusers import build_tiny_sd
+    from impasto.store import ModelStore
+
+    home = tmp_path_factory.mktemp("home")
+    saved = os.environ.get("IMPASTO_HOME")
+    os.environ["IMPASTO_HOME"] = str(home)
+    folder = build_tiny_sd(tmp_path_factory.mktemp("weights") / "sd")
+    ModelStore(home).import_folder("tiny-sd:golden", folder)
+    yield home
+    if saved is None:
+        os.environ.pop("IMPASTO_HOME", None)
+    else:
+        os.environ["IMPASTO_HOME"] = saved
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("kinds")
+    return {
+        "sm-folder": sagemaker_folder(base / "sm-folder"),
+        "octo-service": octoai_folder(base / "octo-service"),
+        "tiny-zero": zero_code_tiny(base / "tiny-zero"),
+    }
+
+
+def hadolint(text: str) -> None:
+    done = subprocess.run(
+        [str(HADOLINT), "-"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, f"hadolint:\n{done.stdout}{done.stderr}"
+
+
+CASES = {
+    "tiny-sd": (EXAMPLES / "tiny-sd", BuildOptions(wheelhouse=True)),
+    "image-tools": (EXAMPLES / "image-tools", BuildOptions()),
+    "sdxl-gpu": (GPU_PACKAGE, BuildOptions()),
+    "sdxl-gpu-no-bake": (GPU_PACKAGE, BuildOptions(bake=False, tag="registry.example/sdxl:1")),
+    "sm-folder": (None, BuildOptions()),
+    "octo-service": (None, BuildOptions(base_image="localhost/impasto-base:bookworm")),
+    "tiny-zero": (None, BuildOptions(ui=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_dockerfile_golden_and_hadolint_clean(name, store, folders):
+    path, options = CASES[name]
+    spec = build_spec(path or folders[name], options)
+    dockerfile = render_dockerfile(spec)
+    check_golden(f"{name}.Dockerfile", dockerfile)
+    check_golden(f"{name}.entrypoint", render_entrypoint(spec))
+    hadolint(dockerfile)
+
+
+def test_each_kind_is_recognised_without_importing_its_code(store, folders):
+    kinds = {name: build_spec(folders[name]).kind for name in folders}
+    assert kinds == {"sm-folder": "sagemaker", "octo-service": "octoai", "tiny-zero": "diffusers"}
+    assert build_spec(EXAMPLES / "image-tools").kind == "custom"
+    sm = build_spec(folders["sm-folder"])
+    assert sm.package_dir == "/opt/ml/model" and sm.root_user  # SageMaker runs images as root
+    assert "USER" not in render_dockerfile(sm)
+    assert "USER 10001:10001" in render_dockerfile(build_spec(folders["octo-service"]))
+
+
+def test_weights_come_before_the_code_so_code_changes_keep_them(store):
+    tiny = render_dockerfile(build_spec(EXAMPLES / "tiny-sd"))
+    assert "tiny-sd:golden, exported from the model store" in tiny
+    assert tiny.index("COPY --chown=10001:10001 store/") < tiny.index("COPY package/ /app/")
+    gpu = render_dockerfile(build_spec(GPU_PACKAGE))
+    download = gpu.index('RUN ["impasto", "setup", "/app", "--download-only"]')
+    assert gpu.index("COPY package/config.yaml /app/config.yaml") < download
+    assert download < gpu.index("COPY package/ /app/")
+    assert "madebyollin/sdxl-vae-fp16-fix" in gpu and "stabilityai/stable-diffusion-xl" in gpu
+    # the runtime is offline once baked; not baked, it downloads at start
+    assert gpu.index("ENV HF_HUB_OFFLINE=1") > gpu.index("COPY package/ /app/")
+    unbaked = build_spec(GPU_PACKAGE, BuildOptions(bake=False))
+    assert "HF_HUB_OFFLINE" not in render_dockerfile(unbaked)
+    assert "impasto setup /app --download-only" in render_entrypoint(unbaked)
+
+
+def test_the_spec_reads_resources_python_and_rejects_what_cannot_build(tmp_path, store):
+    gpu = build_spec(GPU_PACKAGE)
+    assert (gpu.gpu, gpu.gpu_count, gpu.python_version) == (True, 2, "3.12")
+    assert gpu.base_image.startswith("nvidia/cuda:") and gpu.python_from_apt
+    assert not gpu.setup  # a GPU model is not loaded on a build host without one
+    assert build_spec(GPU_PACKAGE, BuildOptions(setup=True)).setup
+    assert gpu.termination_grace_s == 50 and gpu.startup_s == 960
+    assert gpu.image == "impasto/sdxl-gpu:latest"
+    tiny = build_spec(EXAMPLES / "tiny-sd")
+    assert (tiny.gpu, tiny.base_image, tiny.setup) == (False, "python:3.11-slim-bookworm", True)
+    assert tiny.termination_grace_s == 35 and tiny.extras == ("diffusers",)
+    assert build_spec(EXAMPLES / "image-tools").extras == ()
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.yaml").write_text("system_packages: ['curl; rm -rf /']\n")
+    with pytest.raises(ConfigError, match="system_packages"):
+        build_spec(bad)
+    (bad / "config.yaml").write_text("python_version: py311\nresources: {use_gpu: true}\n")
+    with pytest.raises(ConfigError, match="--base-image"):
+        build_spec(bad)
+    assert build_spec(bad, BuildOptions(base_image="my/cuda:1")).base_image == "my/cuda:1"
+
+
+def test_entrypoint_drops_a_leading_serve_and_passes_the_rest(tmp_path, store):
+    """The rendered script run by sh with a stand-in `impasto` that prints its arguments."""
+    script = tmp_path / "entrypoint"
+    script.write_text(render_entrypoint(build_spec(EXAMPLES / "image-tools")))
+    script.chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "impasto").write_text('#!/bin/sh\necho "$@"\n')
+    (bin_dir / "impasto").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def run(*args: str) -> str:
+        done = subprocess.run([str(script), *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run() == "serve /app"
+    assert run("serve") == "serve /app"  # SageMaker's `docker run IMAGE serve`
+    assert run("--log-level", "debug") == "serve /app --log-level debug"
+    assert run("serve", "--port", "9000") == "serve /app --port 9000"
+
+
+def test_cli_writes_the_context(tmp_path, store):
+    wheelhouse = impasto_wheelhouse()
+    out = tmp_path / "ctx"
+    cmd = [sys.executable, "-m", "impasto.cli.main", "build", str(EXAMPLES / "tiny-sd")]
+    cmd += ["--out", str(out), "--wheelhouse", str(wheelhouse)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    spec = build_spec(EXAMPLES / "tiny-sd", BuildOptions(wheelhouse=True))
+    assert (out / "Dockerfile").read_text() == render_dockerfile(spec)
+    assert os.access(out / "impasto-entrypoint", os.X_OK)
+    assert (out / "wheels" / spec.impasto_wheel).is_file()
+    assert (out / "store" / "tiny-sd" / "golden" / "model.yaml").is_file()
+    assert (out / "store" / "tiny-sd" / "golden" / "model_index.json").is_file()
+    assert (out / "package" / "model" / "model.py").is_file()
+    assert not list((out / "package").rglob("__pycache__"))
+    assert "torch" in (out / "requirements" / "config.txt").read_text()
+    assert f"podman build --format docker -t impasto/tiny-sd:latest {out}" in done.stdout
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # rewrites its own
+    assert done.returncode == 0, done.stderr
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    cmd[cmd.index(str(out))] = str(foreign)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 14 and "not empty" in done.stderr
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_engine_missing_prints_the_command(tmp_path, store, monkeypatch):
+    from impasto.build.targets import container_context
+
+    wheelhouse = impasto_wheelhouse()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no podman, no docker
+    result = container_context(
+        EXAMPLES / "image-tools",
+        tmp_path / "ctx",
+        BuildOptions(wheelhouse=True),
+        wheelhouse=wheelhouse,
+        engine="docker",
+    )
+    assert not result.built and result.notes == ["docker is not installed here"]
+    assert result.command[:2] == ["docker", "build"]
+    assert shutil.which("docker") is None
