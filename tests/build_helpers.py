@@ -13,7 +13,7 @@ from conftest import PACKAGES, REPO
 GOLDEN = Path(__file__).parent / "golden" / "build"
 UPDATE = os.environ.get("IMPASTO_UPDATE_GOLDEN") == "1"
 
-SAGEMAKER_INFERENCE = '''
+SAGEMAKER_INFERENCE = """
 from diffusers import StableDiffusionPipeline
 
 
@@ -23,9 +23,9 @@ def model_fn(model_dir):
 
 def predict_fn(data, model):
     return model(data["inputs"], num_inference_steps=2).images[0]
-'''
+"""
 
-OCTOAI_SERVICE = '''
+OCTOAI_SERVICE = """
 from octoai.service import Service
 from octoai.types import Image, Text
 
@@ -38,7 +38,7 @@ class TinyService(Service):
         from PIL import Image as PILImage
 
         return Image.from_pil(PILImage.new("RGB", (8, 8), (len(prompt.text) % 255, 0, 0)))
-'''
+"""
 
 
 def check_golden(name: str, text: str) -> None:

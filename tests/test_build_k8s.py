@@ -40,7 +40,10 @@ KSERVE_PREDICTOR_FIELDS = {
 
 CASES = {
     "tiny-sd": (EXAMPLES / "tiny-sd", K8sOptions()),
-    "sdxl-gpu": (GPU_PACKAGE, K8sOptions(namespace="models", hpa=True, max_replicas=8, kserve=True)),
+    "sdxl-gpu": (
+        GPU_PACKAGE,
+        K8sOptions(namespace="models", hpa=True, max_replicas=8, kserve=True),
+    ),
 }
 
 
@@ -122,9 +125,12 @@ def test_values_follow_the_server():
     assert pod["containers"][0]["securityContext"]["runAsUser"] == 10001
     assert pod["containers"][0]["image"] == "impasto/tiny-sd:latest"
     tagged = build_spec(EXAMPLES / "tiny-sd", BuildOptions(tag="registry.example/tiny:1"))
-    assert render_k8s(tagged)["deployment.yaml"][0]["spec"]["template"]["spec"]["containers"][0][
-        "image"
-    ] == "registry.example/tiny:1"
+    assert (
+        render_k8s(tagged)["deployment.yaml"][0]["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
+        == "registry.example/tiny:1"
+    )
 
 
 def test_cli_writes_the_files(tmp_path: Path):

@@ -123,6 +123,4 @@ def build(
     else:
         echo(f"build it with: {quote(result.command)}")
     grace = result.spec.termination_grace_s
-    echo(
-        f"run it with: podman run --rm -p 8080:8080 --stop-timeout {grace} {result.spec.image}"
-    )
+    echo(f"run it with: podman run --rm -p 8080:8080 --stop-timeout {grace} {result.spec.image}")
