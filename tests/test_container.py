@@ -1,0 +1,178 @@
+"""A real image: `impasto build examples/tiny-sd --engine podman` with a wheelhouse, run with
+no network at all (the weights must come from the image) and asked for an image from inside
+the container, then run with a published loopback port and asked over HTTP by the test.
+
+Run alone with `pytest -m container`. The base image (debootstrap) and the wheelhouse (`pip
+download`) are made once per machine; podman's layer cache makes a rebuild of unchanged
+code take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from build_helpers import EXAMPLES, impasto_wheelhouse
+from conftest import free_port
+from container_helpers import ensure_base_image, podman, wheelhouse
+
+pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
+
+TAG = "localhost/impasto-tests/tiny-sd:ci"
+REQUIREMENTS = ["torch==2.13.0"]  # the local CPU wheel; the rest come from impasto's extras
+
+PROBE = """
+import json, sys, urllib.error, urllib.request
+url = "http://127.0.0.1:8080" + sys.argv[1]
+body = sys.argv[2].encode() if len(sys.argv) > 2 else None
+req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json",
+                                                       "Accept": "image/png"})
+try:
+    with urllib.request.urlopen(req, timeout=120) as r:
+        data = r.read()
+        print(json.dumps({"status": r.status, "type": r.headers["Content-Type"],
+                          "size": len(data), "png": data[:8] == b"\\x89PNG\\r\\n\\x1a\\n"}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "body": e.read()[:300].decode("utf-8", "replace")}))
+except OSError as e:
+    print(json.dumps({"status": 0, "error": str(e)}))
+"""
+
+
+def inside(container: str, path: str, body: dict | None = None) -> dict:
+    """A request made by Python inside the container, to the server inside it."""
+    args = ["exec", container, "python3", "-c", PROBE, path]
+    if body is not None:
+        args.append(json.dumps(body))
+    done = podman(*args, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def wait_until(check, timeout: float, what: str, logs) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{what} within {timeout} s; container log:\n{logs()}")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> str:
+    """The tiny-sd image, built by `impasto build --engine podman` (timed)."""
+    from impasto.diffusers import build_tiny_sd
+    from impasto.store import ModelStore
+
+    base = ensure_base_image()
+    work = tmp_path_factory.mktemp("container")
+    home = work / "home"
+    ModelStore(home).import_folder("tiny-sd:ci", build_tiny_sd(work / "weights", seed=0))
+    wheels = wheelhouse(impasto_wheelhouse() / "impasto-0.1.0-py3-none-any.whl", REQUIREMENTS,
+                        work / "wheelhouse")
+    cmd = [sys.executable, "-m", "impasto.cli.main", "build", str(EXAMPLES / "tiny-sd")]
+    cmd += ["--out", str(work / "context"), "--wheelhouse", str(wheels), "--engine", "podman"]
+    cmd += ["--base-image", base, "--tag", TAG]
+    started = time.monotonic()
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=2000,
+        env={**os.environ, "IMPASTO_HOME": str(home)},
+    )
+    assert done.returncode == 0, f"{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+    print(f"\nimage built in {time.monotonic() - started:.0f} s")
+    yield TAG
+    # superseded builds of impasto images (untagged now) go; the tagged one stays as cache
+    podman("image", "prune", "-f", "--filter", "label=dev.impasto.version", check=False)
+
+
+class Container:
+    def __init__(self, *args: str) -> None:
+        self.id = podman("run", "-d", *args, timeout=120).stdout.strip()
+
+    def logs(self) -> str:
+        done = podman("logs", self.id, check=False)
+        return done.stdout + done.stderr
+
+    def stop(self, grace: int = 40) -> int:
+        """SIGTERM, then the exit code (SIGKILL only after ``grace`` seconds)."""
+        podman("stop", "-t", str(grace), self.id, timeout=grace + 60, check=False)
+        code = podman("inspect", self.id, "--format", "{{.State.ExitCode}}", check=False)
+        return int(code.stdout.strip() or -1)
+
+    def remove(self) -> None:
+        podman("rm", "-f", self.id, check=False)
+
+
+def test_image_config(image):
+    (info,) = json.loads(podman("image", "inspect", image).stdout)
+    config = info["Config"]
+    assert config["User"] == "10001:10001"
+    assert config["StopSignal"] == "SIGTERM"
+    assert "8080/tcp" in config["ExposedPorts"]
+    assert config["Entrypoint"] == ["/usr/local/bin/impasto-entrypoint"]
+    assert "/health/ready" in " ".join(config["Healthcheck"]["Test"])
+    assert "HF_HUB_OFFLINE=1" in config["Env"] and "IMPASTO_HOST=0.0.0.0" in config["Env"]
+
+
+def test_runs_with_no_network_and_answers_inside(image):
+    box = Container("--network=none", image)
+    try:
+        wait_until(
+            lambda: inside(box.id, "/health/ready")["status"] == 200, 300, "not ready", box.logs
+        )
+        reply = inside(box.id, "/text2img", {"prompt": "a red cat", "seed": 1})
+        assert reply == {"status": 200, "type": "image/png", "size": reply["size"], "png": True}
+        assert box.stop() == 0  # SIGTERM: drained, then a clean exit
+    finally:
+        box.remove()
+
+
+def test_runs_with_a_published_port_and_sagemakers_serve_argument(image):
+    port = free_port()
+    box = Container("-p", f"127.0.0.1:{port}:8080", image, "serve")  # as SageMaker starts it
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+
+        def ready() -> bool:
+            try:
+                return client.get("/health/ready").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 300, "not ready over the published port", box.logs)
+        reply = client.post(
+            "/text2img", json={"prompt": "a cat", "seed": 2}, headers={"Accept": "image/png"}
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert client.get("/ping").status_code == 200
+        toolkit = client.post(
+            "/invocations",
+            json={"inputs": "a fox", "parameters": {"num_inference_steps": 2}},
+            headers={"Accept": "image/png"},
+        )
+        assert toolkit.status_code == 200 and toolkit.content[:4] == b"\x89PNG"
+        client.close()
+    finally:
+        box.stop()
+        box.remove()
+
+
+def test_context_layers_keep_weights_apart_from_code(image, tmp_path: Path):
+    """The context's Dockerfile copies the store before the package (checked in the image's
+    history: the weights layer comes first)."""
+    history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+    lines = history.splitlines()[::-1]  # oldest first
+    store = next(i for i, line in enumerate(lines) if "/var/lib/impasto/models/" in line)
+    package = next(i for i, line in enumerate(lines) if "/app/" in line and "COPY" in line)
+    assert store < package
