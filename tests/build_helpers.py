@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -98,6 +99,7 @@ def impasto_wheelhouse() -> Path:
 
     if not _wheel_dir:
         folder = Path(tempfile.mkdtemp(prefix="impasto-test-wheel-"))
+        atexit.register(shutil.rmtree, folder, True)
         shell.impasto_wheel(folder)
         _wheel_dir.append(folder)
     return _wheel_dir[0]

@@ -198,3 +198,51 @@ def test_engine_missing_prints_the_command(tmp_path, store, monkeypatch):
     assert not result.built and result.notes == ["docker is not installed here"]
     assert result.command[:2] == ["docker", "build"]
     assert shutil.which("docker") is None
+
+
+def setup_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "impasto.cli.main", "setup", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_setup_download_only_reads_the_config_and_imports_no_code(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.py").write_text("raise SystemExit('imported!')\n")
+    (tmp_path / "config.yaml").write_text("model_name: nothing-to-fetch\n")
+    done = setup_cli(str(tmp_path), "--download-only")
+    assert done.returncode == 0, done.stderr
+    assert "0 download(s) in place" in done.stdout
+
+    (tmp_path / "config.yaml").write_text(
+        "model_cache:\n  - repo_id: some-org/some-weights\n    allow_patterns: ['*.json']\n"
+    )
+    done = setup_cli(str(tmp_path), "--download-only", env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 11, done.stderr  # StoreError: says what failed and why
+    assert "some-org/some-weights" in done.stderr and "HF_HUB_OFFLINE" in done.stderr
+
+
+def test_a_dot_slash_model_path_is_relative_to_the_package(tmp_path, monkeypatch):
+    from impasto.diffusers import build_tiny_sd
+    from impasto.package import load_package
+
+    package = zero_code_tiny(tmp_path / "pkg", model="./weights")
+    build_tiny_sd(package / "weights")
+    monkeypatch.chdir(tmp_path)  # anywhere but the package
+    loaded = load_package(package)
+    assert loaded.config.diffusers.model == str((package / "weights").resolve())
+    assert set(loaded.spec.endpoints) == {"text2img"}
+
+
+def test_only_one_build_module_runs_programs():
+    from impasto import build
+
+    folder = Path(build.__file__).parent
+    running = sorted(
+        p.name for p in folder.glob("*.py") if "subprocess" in p.read_text(encoding="utf-8")
+    )
+    assert running == ["shell.py"]
