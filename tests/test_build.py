@@ -246,3 +246,31 @@ def test_only_one_build_module_runs_programs():
         p.name for p in folder.glob("*.py") if "subprocess" in p.read_text(encoding="utf-8")
     )
     assert running == ["shell.py"]
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny-sd", "tiny-svd", "image-tools", "sm-folder", "octo-service"]
+)
+def test_every_example_and_seed_folder_builds_all_three_formats(name, tmp_path, store, folders):
+    import tarfile
+
+    from impasto.build.k8s import K8sOptions
+    from impasto.build.targets import container_context, k8s_manifests, sagemaker_archive
+
+    path = folders.get(name) or EXAMPLES / name
+    wheels = impasto_wheelhouse()
+    options = BuildOptions(wheelhouse=True)
+    result = container_context(path, tmp_path / "ctx", options, wheelhouse=wheels)
+    hadolint((result.context / "Dockerfile").read_text())
+    assert (result.context / "package").is_dir() and not result.built
+    _, archive = sagemaker_archive(path, tmp_path / "model.tar.gz", options, wheelhouse=wheels)
+    with tarfile.open(archive) as tar:
+        members = tar.getnames()
+    assert "code/inference.py" in members
+    assert not any(m.split("/")[0] == name for m in members)  # no top folder
+    _, files = k8s_manifests(path, tmp_path / "k8s", options, K8sOptions(kserve=True))
+    assert sorted(f.name for f in files) == [
+        "deployment.yaml",
+        "inferenceservice.yaml",
+        "service.yaml",
+    ]

@@ -148,11 +148,18 @@ def test_generated_shim_runs_the_package_through_the_toolkit_contract(home, tmp_
         assert Image.open(io.BytesIO(png)).size == (64, 64)
         as_json = json.loads(toolkit_call(shim.output_fn, prediction, "application/json"))
         assert is_png(base64.b64decode(as_json["images"][0]["data"]))
-        again = toolkit_call(shim.output_fn, toolkit_call(shim.predict_fn, data, model), "image/png")
+        again = toolkit_call(
+            shim.output_fn, toolkit_call(shim.predict_fn, data, model), "image/png"
+        )
         assert again == png  # same seed, same image: impasto's runtime, not the toolkit's
 
-        other = json.dumps({"endpoint": "img2img", "inputs": "x", "parameters": {
-            "image": base64.b64encode(png).decode(), "num_inference_steps": 2}})
+        other = json.dumps(
+            {
+                "endpoint": "img2img",
+                "inputs": "x",
+                "parameters": {"image": base64.b64encode(png).decode(), "num_inference_steps": 2},
+            }
+        )
         result = shim.predict_fn(shim.input_fn(other, "application/json"), model)
         assert is_png(shim.output_fn(result, "image/png"))
 

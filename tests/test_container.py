@@ -75,8 +75,9 @@ def image(tmp_path_factory) -> str:
     work = tmp_path_factory.mktemp("container")
     home = work / "home"
     ModelStore(home).import_folder("tiny-sd:ci", build_tiny_sd(work / "weights", seed=0))
-    wheels = wheelhouse(impasto_wheelhouse() / "impasto-0.1.0-py3-none-any.whl", REQUIREMENTS,
-                        work / "wheelhouse")
+    wheels = wheelhouse(
+        impasto_wheelhouse() / "impasto-0.1.0-py3-none-any.whl", REQUIREMENTS, work / "wheelhouse"
+    )
     cmd = [sys.executable, "-m", "impasto.cli.main", "build", str(EXAMPLES / "tiny-sd")]
     cmd += ["--out", str(work / "context"), "--wheelhouse", str(wheels), "--engine", "podman"]
     cmd += ["--base-image", base, "--tag", TAG]

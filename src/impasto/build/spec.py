@@ -8,6 +8,7 @@ store (which store versions to export). Everything after it is pure: the rendere
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from ..errors import ConfigError, NotFound, StoreError
 from ..formats import detect_format
 from ..requirements import requirements_file
 from ..secrets import DEFAULT_SECRETS_DIR
+
+log = logging.getLogger("impasto.build")
 
 DEFAULT_PYTHON = "3.11"
 CPU_BASE = "python:{python}-slim-bookworm"
@@ -218,9 +221,7 @@ def weight_refs(config: PackageConfig, store: object) -> tuple[list[StoredWeight
     if model and not model.startswith((".", "/", "~")):
         if ":" in model and store.is_ref(model):
             if not export(model):
-                import logging
-
-                logging.getLogger("impasto.build").warning(
+                log.warning(
                     "diffusers.model %s is not in this machine's model store (%s): the "
                     "image gets it only if the package's load() makes it",
                     model,

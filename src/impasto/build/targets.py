@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BuildError
+from ..errors import BuildError, NotFound
 from . import shell
 from .context import write_context
 from .k8s import K8sOptions, dump, render_k8s
@@ -85,7 +85,7 @@ def pipeline_folder(spec: BuildSpec, path: Path) -> Path | None:
         ref = hub_store_ref(config.diffusers.model, None)
         try:
             return store.resolve(ref).path
-        except Exception:
+        except NotFound:
             cfg = config.diffusers
             stored = store.import_hub(
                 ref, cfg.model, variant=cfg.variant, allow_pickle=cfg.allow_pickle
