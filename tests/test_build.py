@@ -164,7 +164,9 @@ def test_cli_writes_the_context(tmp_path, store):
     spec = build_spec(EXAMPLES / "tiny-sd", BuildOptions(wheelhouse=True))
     assert (out / "Dockerfile").read_text() == render_dockerfile(spec)
     assert os.access(out / "impasto-entrypoint", os.X_OK)
-    assert (out / "wheels" / spec.impasto_wheel).is_file()
+    assert (out / "impasto" / spec.impasto_wheel).is_file()
+    assert not any((out / "wheels").iterdir())  # impasto's own wheel is not in the wheelhouse
+    assert "starlette" in (out / "requirements" / "impasto.txt").read_text()
     assert (out / "store" / "tiny-sd" / "golden" / "model.yaml").is_file()
     assert (out / "store" / "tiny-sd" / "golden" / "model_index.json").is_file()
     assert (out / "package" / "model" / "model.py").is_file()

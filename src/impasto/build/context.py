@@ -5,8 +5,10 @@
     DIR/
     ├── Dockerfile            render_dockerfile(spec)
     ├── impasto-entrypoint    render_entrypoint(spec)
-    ├── wheels/               impasto's wheel (+ a --wheelhouse)
-    ├── requirements/         config.txt (config.yaml's requirements), package.txt (its file)
+    ├── impasto/              impasto's own wheel (the image runs the version that built it)
+    ├── wheels/               a --wheelhouse
+    ├── requirements/         impasto.txt (impasto's dependencies, from its wheel),
+    │                         config.txt (config.yaml's requirements), package.txt (its file)
     ├── store/NAME/VERSION/   model store versions the package names, with their manifests
     └── package/              the package folder (caches and VCS folders left out)
 
@@ -18,8 +20,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from ..errors import BuildError
 from ..store.files import MANIFEST_NAME
@@ -80,18 +85,44 @@ def fresh_folder(out: Path, marker: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def write_context(spec: BuildSpec, root: Path, out: Path, wheels: Iterable[Path]) -> Path:
-    """Write the build context for the package in ``root`` into ``out``; returns ``out``."""
+def wheel_requirements(wheel: Path, extras: Iterable[str]) -> list[str]:
+    """The requirements a wheel declares (``Requires-Dist``) for ``extras``, markers
+    evaluated: what ``pip install wheel[extras]`` would install besides the wheel."""
+    with zipfile.ZipFile(wheel) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = zf.read(name).decode("utf-8")
+    wanted = ["", *extras]
+    found = []
+    for line in meta.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req = Requirement(line.removeprefix("Requires-Dist:").strip())
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in wanted):
+            req.marker = None
+            found.append(str(req))
+    return found
+
+
+def write_context(
+    spec: BuildSpec, root: Path, out: Path, impasto: Path, wheels: Iterable[Path] = ()
+) -> Path:
+    """Write the build context for the package in ``root`` into ``out``; returns ``out``.
+    ``impasto`` is impasto's wheel, ``wheels`` a wheelhouse's."""
     root = Path(root).resolve()
     out = Path(out)
     fresh_folder(out, "Dockerfile")
+    if impasto.name != spec.impasto_wheel:
+        raise BuildError(f"impasto's wheel is {impasto.name}, not {spec.impasto_wheel}")
+    place(impasto, out / "impasto" / impasto.name)
+    if spec.wheelhouse:
+        (out / "wheels").mkdir()
     for wheel in wheels:
         place(wheel, out / "wheels" / wheel.name)
-    if not (out / "wheels" / spec.impasto_wheel).is_file():
-        raise BuildError(f"impasto's wheel {spec.impasto_wheel} is missing from the context")
     config = read_config(root)
+    (out / "requirements").mkdir()
+    own = wheel_requirements(impasto, spec.extras)
+    (out / "requirements" / "impasto.txt").write_text("".join(f"{r}\n" for r in own))
     if "config.txt" in spec.requirements_files:
-        (out / "requirements").mkdir(exist_ok=True)
         (out / "requirements" / "config.txt").write_text(requirement_lines(config))
     if "package.txt" in spec.requirements_files:
         found = requirements_file(root)

@@ -4,14 +4,15 @@ Pure functions of the spec, golden-tested. The layers go from what changes least
 changes most, so editing model code rebuilds neither the dependencies nor the weights:
 
 1. ``base``: the base image, environment, system packages;
-2. ``python``: a venv with the package's requirements and impasto (from the wheel in the
-   context, so the image runs the version that built it), in a stage of its own: the
-   wheels copied in never reach the final image;
-3. the final stage: the venv, a non-root user (root for SageMaker images), the weights
-   (store versions exported into the context, then the hub downloads a config.yaml-only
-   ``impasto setup --download-only`` makes), the package files, one ``impasto setup`` that
-   loads the model as the server will (so a broken package fails the build, not the
-   deploy), and the server's port, health check, stop signal and entrypoint.
+2. ``python``: a venv with the package's requirements and impasto's dependencies, in a
+   stage of its own: a wheelhouse copied in never reaches the final image;
+3. the final stage: the venv, a non-root user (root for SageMaker images), the store
+   versions exported into the context, impasto itself (from the wheel in the context, so
+   the image runs the version that built it; an upgrade keeps the layers above), the hub
+   downloads a config.yaml-only ``impasto setup --download-only`` makes, the package files,
+   one ``impasto setup`` that loads the model as the server will (so a broken package
+   fails the build, not the deploy), and the server's port, health check, stop signal and
+   entrypoint.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .spec import HOME_DIR, UID, VENV, BuildSpec
 
 WHEELS = "/tmp/wheels"
 REQUIREMENTS = "/tmp/requirements"
+IMPASTO_WHEEL_DIR = "/tmp/impasto"
 ENTRYPOINT = "/usr/local/bin/impasto-entrypoint"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # torch without CUDA: 10x smaller
 
@@ -50,11 +52,6 @@ def _plain(value: str) -> bool:
 
 def _run(commands: list[str]) -> str:
     return "RUN " + " \\\n    && ".join(commands)
-
-
-def _requirement(spec: BuildSpec) -> str:
-    extras = f"[{','.join(spec.extras)}]" if spec.extras else ""
-    return f"{WHEELS}/{spec.impasto_wheel}{extras}"
 
 
 def _labels(spec: BuildSpec) -> str:
@@ -104,14 +101,13 @@ def render_dockerfile(spec: BuildSpec) -> str:
     out += ["", "FROM base AS python"]
     if spec.cpu_torch and not spec.wheelhouse:
         out.append(f"ENV PIP_EXTRA_INDEX_URL={CPU_TORCH_INDEX}")
-    out.append(f"COPY wheels/ {WHEELS}/")
-    if spec.requirements_files:
-        out.append(f"COPY requirements/ {REQUIREMENTS}/")
-    index = ["--no-index"] if spec.wheelhouse else []
-    pip = [f"{VENV}/bin/pip", "install", "--no-cache-dir", *index, "--find-links", WHEELS]
+    pip = [f"{VENV}/bin/pip", "install", "--no-cache-dir"]
+    if spec.wheelhouse:
+        out.append(f"COPY wheels/ {WHEELS}/")
+        pip += ["--no-index", "--find-links", WHEELS]
+    out.append(f"COPY requirements/ {REQUIREMENTS}/")
     for name in spec.requirements_files:
         pip += ["-r", f"{REQUIREMENTS}/{name}"]
-    pip.append(_requirement(spec))
     out.append(_run([f"python3 -m venv {VENV}", " ".join(shlex.quote(a) for a in pip)]))
 
     out += ["", "FROM base"]
@@ -134,19 +130,25 @@ def render_dockerfile(spec: BuildSpec) -> str:
         prepare.append(f"mkdir -p {HOME_DIR}")
     out.append(_run(prepare))
     out.append(f"COPY --from=python {VENV} {VENV}")
-    out.append(f"COPY impasto-entrypoint {ENTRYPOINT}")
     if spec.build_commands:
         out += ["# the package's build_commands"]
         out += [f"RUN {command}" for command in spec.build_commands]
-    if not spec.root_user:
-        out.append(f"USER {UID}:{UID}")
-    out.append(f"WORKDIR {spec.package_dir}")
+    out.append(f"COPY impasto-entrypoint {ENTRYPOINT}")
 
     pkg = spec.package_dir
     if spec.bake and spec.stored:
         refs = ", ".join(s.ref for s in spec.stored)
         out += ["", f"# weights: {refs}, exported from the model store"]
         out.append(f"COPY {owner}store/ {HOME_DIR}/models/")
+    out += [
+        "",
+        "# impasto itself (its dependencies are in the venv): an upgrade keeps the layers above",
+        f"COPY impasto/ {IMPASTO_WHEEL_DIR}/",
+        f"RUN pip install --no-cache-dir --no-deps --no-index {IMPASTO_WHEEL_DIR}/{spec.impasto_wheel}",
+    ]
+    if not spec.root_user:
+        out.append(f"USER {UID}:{UID}")
+    out.append(f"WORKDIR {pkg}")
     if spec.bake and spec.download_step:
         out += [
             "",

@@ -290,7 +290,9 @@ def build_spec(
     extras = ["diffusers"] if uses_diffusers(root, config, kind) else []
     if options.ui:
         extras.append("ui")
-    files = ["config.txt"] if config.requirements else []
+    files = ["impasto.txt"]  # impasto's own dependencies, from its wheel
+    if config.requirements:
+        files.append("config.txt")
     if requirements_file(root) is not None:
         files.append("package.txt")
     runtime = config.runtime

@@ -32,15 +32,13 @@ class ImageResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _wheels(spec: BuildSpec, work: Path, wheelhouse: Path | None) -> list[Path]:
-    """impasto's wheel first, then every wheel of the wheelhouse."""
-    own = shell.impasto_wheel(work, wheelhouse)
-    wheels = [own]
-    if wheelhouse is not None:
-        if not wheelhouse.is_dir():
-            raise BuildError(f"--wheelhouse {wheelhouse} is not a folder")
-        wheels += sorted(p for p in wheelhouse.glob("*.whl") if p.name != own.name)
-    return wheels
+def _wheelhouse(wheelhouse: Path | None) -> list[Path]:
+    """Every wheel of the wheelhouse but impasto's own."""
+    if wheelhouse is None:
+        return []
+    if not wheelhouse.is_dir():
+        raise BuildError(f"--wheelhouse {wheelhouse} is not a folder")
+    return sorted(p for p in wheelhouse.glob("*.whl") if not p.name.startswith("impasto-"))
 
 
 def container_context(
@@ -56,7 +54,8 @@ def container_context(
     given and installed."""
     spec = build_spec(path, options)
     with tempfile.TemporaryDirectory(prefix="impasto-build-") as tmp:
-        write_context(spec, Path(path), out, _wheels(spec, Path(tmp), wheelhouse))
+        own = shell.impasto_wheel(Path(tmp), wheelhouse)
+        write_context(spec, Path(path), out, own, _wheelhouse(wheelhouse))
     command = shell.build_command(engine or "podman", out, spec.image)
     if engine is None:
         return ImageResult(spec, out, command)

@@ -17,9 +17,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 FROM base AS python
-COPY wheels/ /tmp/wheels/
+COPY requirements/ /tmp/requirements/
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --find-links /tmp/wheels '/tmp/wheels/impasto-0.1.0-py3-none-any.whl[diffusers]'
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements/impasto.txt
 
 FROM base
 ENV IMPASTO_HOST=0.0.0.0 \
@@ -30,9 +30,13 @@ ENV IMPASTO_HOST=0.0.0.0 \
 RUN useradd --no-log-init --create-home --uid 10001 --user-group impasto \
     && install -d -o 10001 -g 10001 /var/lib/impasto
 COPY --from=python /opt/venv /opt/venv
-COPY impasto-entrypoint /usr/local/bin/impasto-entrypoint
 # the package's build_commands
 RUN echo "built by impasto" > /etc/impasto-build.txt
+COPY impasto-entrypoint /usr/local/bin/impasto-entrypoint
+
+# impasto itself (its dependencies are in the venv): an upgrade keeps the layers above
+COPY impasto/ /tmp/impasto/
+RUN pip install --no-cache-dir --no-deps --no-index /tmp/impasto/impasto-0.1.0-py3-none-any.whl
 USER 10001:10001
 WORKDIR /app
 

@@ -13,10 +13,9 @@ ENV PATH=/opt/venv/bin:$PATH
 
 FROM base AS python
 ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-COPY wheels/ /tmp/wheels/
 COPY requirements/ /tmp/requirements/
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --find-links /tmp/wheels -r /tmp/requirements/package.txt '/tmp/wheels/impasto-0.1.0-py3-none-any.whl[diffusers]'
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements/impasto.txt -r /tmp/requirements/package.txt
 
 FROM base
 ENV IMPASTO_HOST=0.0.0.0 \
@@ -25,6 +24,10 @@ ENV IMPASTO_HOST=0.0.0.0 \
 RUN mkdir -p /var/lib/impasto
 COPY --from=python /opt/venv /opt/venv
 COPY impasto-entrypoint /usr/local/bin/impasto-entrypoint
+
+# impasto itself (its dependencies are in the venv): an upgrade keeps the layers above
+COPY impasto/ /tmp/impasto/
+RUN pip install --no-cache-dir --no-deps --no-index /tmp/impasto/impasto-0.1.0-py3-none-any.whl
 WORKDIR /opt/ml/model
 
 # the package

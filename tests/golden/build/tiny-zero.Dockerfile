@@ -13,9 +13,9 @@ ENV PATH=/opt/venv/bin:$PATH
 
 FROM base AS python
 ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-COPY wheels/ /tmp/wheels/
+COPY requirements/ /tmp/requirements/
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --find-links /tmp/wheels '/tmp/wheels/impasto-0.1.0-py3-none-any.whl[diffusers,ui]'
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements/impasto.txt
 
 FROM base
 ENV IMPASTO_HOST=0.0.0.0 \
@@ -26,11 +26,15 @@ RUN useradd --no-log-init --create-home --uid 10001 --user-group impasto \
     && install -d -o 10001 -g 10001 /var/lib/impasto
 COPY --from=python /opt/venv /opt/venv
 COPY impasto-entrypoint /usr/local/bin/impasto-entrypoint
-USER 10001:10001
-WORKDIR /app
 
 # weights: tiny-sd:golden, exported from the model store
 COPY --chown=10001:10001 store/ /var/lib/impasto/models/
+
+# impasto itself (its dependencies are in the venv): an upgrade keeps the layers above
+COPY impasto/ /tmp/impasto/
+RUN pip install --no-cache-dir --no-deps --no-index /tmp/impasto/impasto-0.1.0-py3-none-any.whl
+USER 10001:10001
+WORKDIR /app
 
 # the package
 COPY package/ /app/
