@@ -5,6 +5,7 @@ encode how impasto's server behaves (probes, grace period, GPUs, secrets, queue 
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,47 @@ def test_values_follow_the_server():
         ]
         == "registry.example/tiny:1"
     )
+
+
+CHECKER = Path(__file__).parent / "k8s_models_check.py"
+
+
+@pytest.fixture(scope="module")
+def kserve_models() -> Path:
+    """A venv with the kserve SDK's typed models (installed without its dependencies)."""
+    from client_venvs import client_venv
+
+    return client_venv("kserve-models-0.21.0", ["--no-deps", "kserve==0.21.0", "six", "urllib3"])
+
+
+def model_errors(python: Path, objects: list[dict]) -> list[list[str]]:
+    typed = [["V1beta1InferenceService", o] for o in objects]
+    done = subprocess.run(
+        [str(python), str(CHECKER)],
+        input=json.dumps(typed),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_inference_services_match_the_kserve_sdk_models(kserve_models):
+    objects = [
+        render_k8s(build_spec(path), K8sOptions(kserve=True, hpa=True))[
+            "kserve/inferenceservice.yaml"
+        ][0]
+        for path, _ in CASES.values()
+    ]
+    assert model_errors(kserve_models, objects) == [[], []]
+
+    isvc = copy.deepcopy(objects[0])
+    isvc["spec"]["predictor"]["minReplica"] = 1
+    isvc["spec"]["predictor"]["maxReplicas"] = "4"
+    (errors,) = model_errors(kserve_models, [isvc])
+    assert any("unknown field 'minReplica'" in e for e in errors)
+    assert any("maxReplicas: expected int" in e for e in errors)
 
 
 def test_cli_writes_the_files(tmp_path: Path):
