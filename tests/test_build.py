@@ -276,3 +276,18 @@ def test_every_example_and_seed_folder_builds_all_three_formats(name, tmp_path, 
         "inferenceservice.yaml",
         "service.yaml",
     ]
+
+
+def test_cli_refuses_options_of_another_format(tmp_path):
+    base = [sys.executable, "-m", "impasto.cli.main", "build", str(EXAMPLES / "image-tools")]
+    for extra, message in [
+        (["--out", str(tmp_path / "a"), "--push"], "--push needs --engine"),
+        (
+            ["--out", str(tmp_path / "b"), "--format", "k8s", "--engine", "podman"],
+            "--format docker",
+        ),
+        (["--out", str(tmp_path / "c"), "--upload", "s3://b/k"], "--format sagemaker"),
+        (["--out", str(tmp_path / "m.zip"), "--format", "sagemaker"], ".tar.gz"),
+    ]:
+        done = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 14 and message in done.stderr, (extra, done.stderr)

@@ -218,7 +218,15 @@ def weight_refs(config: PackageConfig, store: object) -> tuple[list[StoredWeight
         return True
 
     model = config.diffusers.model if config.diffusers is not None else None
-    if model and not model.startswith((".", "/", "~")):
+    if model and model.startswith(("/", "~")):
+        log.warning(
+            "diffusers.model %s is a folder outside the package: builds do not copy it; "
+            "import it into the model store (`impasto models import NAME %s`) and name it "
+            "by its ref, or move it into the package as ./folder",
+            model,
+            model,
+        )
+    elif model and not model.startswith("."):
         if ":" in model and store.is_ref(model):
             if not export(model):
                 log.warning(

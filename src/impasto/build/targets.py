@@ -96,6 +96,8 @@ def pipeline_folder(spec: BuildSpec, path: Path) -> Path | None:
 def sagemaker_archive(
     path: Path, out: Path, options: BuildOptions, *, wheelhouse: Path | None = None
 ) -> tuple[BuildSpec, Path]:
+    if not Path(out).name.endswith((".tar.gz", ".tgz")):
+        raise BuildError(f"--out {out}: a SageMaker archive is a .tar.gz file")
     spec = build_spec(path, options)
     with tempfile.TemporaryDirectory(prefix="impasto-build-") as tmp:
         wheel = shell.impasto_wheel(Path(tmp), wheelhouse)

@@ -90,6 +90,10 @@ def build(
     )
     if upload and format is not Format.sagemaker:
         raise BuildError("--upload is for --format sagemaker")
+    if (engine or push) and format is not Format.docker:
+        raise BuildError("--engine and --push are for container builds (--format docker)")
+    if push and engine is None:
+        raise BuildError("--push needs --engine podman or --engine docker")
     if format is Format.sagemaker:
         spec, archive = targets.sagemaker_archive(path, out, options, wheelhouse=wheelhouse)
         size = archive.stat().st_size / 1e6
