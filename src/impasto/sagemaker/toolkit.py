@@ -15,7 +15,6 @@ A handler that raises makes the toolkit answer 400 with the message, as for any 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..context import OutputPrefs
-from ..errors import InputError, MalformedInput, NotReady
+from ..errors import MalformedInput, NotReady, PayloadTooLarge
 from ..package import Package, load_package, package_scope
 from ..runner import Runner
 from ..serving import runner_for
@@ -89,13 +88,16 @@ class ToolkitModel:
                 "own fields, with media as base64",
                 field="body",
             )
-        limit = self.runner.config.runtime.max_body_bytes
-        if len(body) > limit:
-            raise InputError(f"the body is over runtime.max_body_bytes ({limit})", field="body")
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise MalformedInput(f"the body is not valid JSON: {exc}", field="body") from None
+        from ..server.requests import parse_json
+
+        runtime = self.runner.config.runtime
+        data = body.encode() if isinstance(body, str) else body
+        if len(data) > runtime.max_body_bytes:
+            raise PayloadTooLarge(
+                f"the body is over runtime.max_body_bytes ({runtime.max_body_bytes})",
+                field="body",
+            )
+        payload = parse_json(data, runtime.max_json_depth)
         endpoint = None
         if isinstance(payload, dict) and isinstance(payload.get("endpoint"), str):
             fields = self.runner.endpoint(None).input_model
