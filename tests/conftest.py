@@ -66,7 +66,7 @@ class ProcessServer:
     """`impasto serve` in a subprocess, as a user runs it."""
 
     def __init__(
-        self, path: Path, *args: str, env: dict[str, str | None] | None = None, log: Path
+        self, path: Path | None, *args: str, env: dict[str, str | None] | None = None, log: Path
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -81,7 +81,7 @@ class ProcessServer:
                 "-m",
                 "impasto.cli.main",
                 "serve",
-                str(path),
+                *([str(path)] if path is not None else []),
                 "--port",
                 str(self.port),
                 *args,
@@ -194,7 +194,7 @@ def serve_process(tmp_path: Path) -> Iterator:
     started: list[ProcessServer] = []
 
     def start(
-        path: Path, *args: str, env: dict[str, str] | None = None, live: bool = True
+        path: Path | None, *args: str, env: dict[str, str] | None = None, live: bool = True
     ) -> ProcessServer:
         server = ProcessServer(path, *args, env=env, log=tmp_path / f"server{len(started)}.log")
         started.append(server)
@@ -217,3 +217,42 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+PROTOCOLS_YAML = """\
+models:
+  - name: sd
+    path: {repo}/examples/tiny-sd
+    default: true
+    overrides:  # per-model settings over the package's config.yaml
+      diffusers: {{default_steps: 2, limits: {{max_images: 3}}}}
+  - name: painter
+    path: {packages}/painter
+  - name: typed
+    path: {packages}/typed
+"""
+
+
+@pytest.fixture(scope="session")
+def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
+    """One server for every protocol test: the tiny diffusers example (``sd``, the
+    default), a custom impasto package (``painter``) and a Truss-shaped one (``typed``)."""
+    from impasto import build_app
+    from impasto.models_file import load_models_file
+
+    root = tmp_path_factory.mktemp("three-models")
+    spec = root / "models.yaml"
+    spec.write_text(PROTOCOLS_YAML.format(repo=REPO, packages=PACKAGES))
+    home = os.environ.get("IMPASTO_HOME")
+    os.environ["IMPASTO_HOME"] = str(root / "home")  # the tiny weights are built there
+    try:
+        server = ThreadServer(build_app(load_models_file(spec))).start()
+        server.client.timeout = 120
+        server.wait_ready(300)
+    finally:
+        if home is None:
+            os.environ.pop("IMPASTO_HOME", None)
+        else:
+            os.environ["IMPASTO_HOME"] = home
+    yield server
+    server.stop()

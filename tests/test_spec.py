@@ -49,7 +49,11 @@ def test_every_init_argument_combination(tmp_path, args, monkeypatch, serve_thre
 
         def predict(self, model_input):
             seen = dict(self.seen.get("kwargs", self.seen))
-            return {{k: type(v).__name__ for k, v in seen.items()}}
+            out = {{k: type(v).__name__ for k, v in seen.items()}}
+            if "environment" in seen:  # the name, and the mapping a Truss model reads
+                env = seen["environment"]
+                out["environment"] = [isinstance(env, str), env == "staging", env.get("name")]
+            return out
     """
     server = serve_thread(_write_package(tmp_path, code))  # over HTTP, as served
     response = server.client.post("/predict", json={})
@@ -64,7 +68,7 @@ def test_every_init_argument_combination(tmp_path, args, monkeypatch, serve_thre
     if "secrets" in out:
         assert out["secrets"] == "Secrets"
     if "environment" in out:
-        assert out["environment"] == "str"
+        assert out["environment"] == [True, True, "staging"]
 
 
 def test_unknown_init_argument_fails_fast_with_signature(tmp_path):
@@ -104,7 +108,9 @@ def test_flavours_are_read_once():
     assert ep.preprocess is not None and ep.preprocess.is_async
 
 
-def test_postprocess_with_streaming_predict_is_rejected():
+def test_postprocess_with_streaming_predict_loads_and_each_call_is_412():
+    from impasto import ModelDefinitionError
+
     class Model:
         def predict(self, model_input):
             yield 1
@@ -112,8 +118,19 @@ def test_postprocess_with_streaming_predict_is_rejected():
         def postprocess(self, out):
             return out
 
-    with pytest.raises(PackageError, match="postprocess cannot be combined"):
-        inspect_model(Model)
+    spec = inspect_model(Model)  # loads, as under Truss...
+    runner = Runner(spec, Model, parse_config({}))
+
+    async def call():
+        assert await runner.load()
+        try:
+            return await runner.predict({})
+        finally:
+            await runner.aclose()
+
+    with pytest.raises(ModelDefinitionError, match="cannot use postprocessing") as caught:
+        asyncio.run(call())  # ...and every call answers 412
+    assert caught.value.status == 412
 
 
 def test_parameters_become_an_input_schema():

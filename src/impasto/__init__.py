@@ -9,13 +9,16 @@ __version__ = "0.1.0"
 
 from .config import PackageConfig, load_config, parse_config
 from .context import Event, OutputPrefs, RequestContext
+from .environment import Environment
 from .errors import (
     Canceled,
     ConfigError,
     ImpastoError,
     InputError,
     MalformedInput,
+    ModelDefinitionError,
     ModelError,
+    ModelHTTPError,
     NotFound,
     NotReady,
     Overloaded,
@@ -35,13 +38,16 @@ __all__ = [
     "Canceled",
     "ConfigError",
     "EndpointSpec",
+    "Environment",
     "Event",
     "File",
     "Image",
     "ImpastoError",
     "InputError",
     "MalformedInput",
+    "ModelDefinitionError",
     "ModelError",
+    "ModelHTTPError",
     "ModelSpec",
     "NotFound",
     "NotReady",

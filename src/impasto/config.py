@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -24,6 +31,15 @@ log = logging.getLogger("impasto.config")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_unset(cls, data: Any) -> Any:
+        """A key written with a ``null`` value means "not set" (tools write every optional
+        key that way): it takes its default."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?([KMGTPE]i?|[kmgtpe])?$")
@@ -82,6 +98,12 @@ class Runtime(_Section):
     )
     max_log_bytes: int = Field(
         64 * 1024, ge=0, description="Log lines kept per prediction (oldest dropped first)."
+    )
+    max_request_items: int = Field(
+        16,
+        ge=1,
+        description="Inputs one request may carry (KServe `instances`, a tensor batch, OpenAI "
+        "`image[]`); each is its own prediction (400 beyond).",
     )
     shutdown_grace_s: float = Field(
         25,
@@ -211,6 +233,37 @@ class DiffusersConfig(_Section):
     preview_every: int = Field(0, ge=0, description="Send a preview image every N steps over SSE.")
 
 
+# Health, readiness and metrics routes of every protocol: answered without a key so probes
+# keep working when API keys are on. ``*`` stands for one path segment; GET and HEAD only.
+OPEN_ROUTES = (
+    "/",
+    "/health/*",
+    "/ping",
+    "/healthcheck",
+    "/health-check",
+    "/models/*/health-check",
+    "/v1/models/*",
+    "/v1/models/*/loaded",
+    "/v2/health/*",
+    "/v2/models/*/ready",
+    "/v2/models/*/versions/*/ready",
+    "/v1/images/results/*",
+    "/metrics",
+)
+
+
+class AuthConfig(_Section):
+    """API keys on every protocol. The keys themselves are never written here: they come
+    from the secret ``api_keys`` (the secrets folder, or ``IMPASTO_SECRET_API_KEYS``) or
+    ``IMPASTO_API_KEYS``, comma-separated so they can rotate; with none, auth is off."""
+
+    open_routes: list[str] = Field(
+        default_factory=lambda: list(OPEN_ROUTES),
+        description="GET/HEAD paths answered without a key (`*`: one path segment).",
+    )
+    secret: str = Field("api_keys", description="The secret holding the comma-separated keys.")
+
+
 class UIConfig(_Section):
     """The playground at ``/ui`` (needs ``pip install 'impasto[ui]'``)."""
 
@@ -258,6 +311,7 @@ class PackageConfig(_Section):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     diffusers: DiffusersConfig | None = None
     secrets_dir: str | None = Field(None, description="Folder of secret files (default /secrets).")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
 
     @field_validator("ui", mode="before")
@@ -289,14 +343,16 @@ class PackageConfig(_Section):
         return str(value) if isinstance(value, float) else value
 
     def unknown_keys(self) -> list[str]:
-        """Keys present in the file that no section of impasto knows, with their dotted path."""
+        """Keys present in the file that no section of impasto knows, with their dotted path
+        (not those left empty, such as ``weights: []`` or ``oidc: {enabled: null}``, nor
+        Truss's platform keys at the values its tooling writes: they ask for nothing)."""
         return sorted(key for key, _ in self.typos())
 
     def typos(self) -> list[tuple[str, str | None]]:
         """Each unknown key (dotted path) with the closest key its section knows, if any."""
         sections: list[tuple[str, BaseModel]] = [("", self)]
         sections += [
-            (f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching", "ui")
+            (f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching", "ui", "auth")
         ]
         sections.append(("media.", self.media))
         if self.diffusers is not None:
@@ -304,10 +360,33 @@ class PackageConfig(_Section):
         found = []
         for prefix, section in sections:
             known = list(type(section).model_fields)
-            for key in section.model_extra or {}:
+            for key, value in (section.model_extra or {}).items():
+                if _empty(value) or _TRUSS_UNSET.get(f"{prefix}{key}", _NO) == value:
+                    continue
                 close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
                 found.append((f"{prefix}{key}", f"{prefix}{close[0]}" if close else None))
         return sorted(found)
+
+
+# Keys Truss's tooling writes for its platform, at the values it writes when they are not
+# set: they ask for nothing, so they load without a warning (set otherwise, they are named).
+_TRUSS_UNSET: dict[str, Any] = {
+    "bdn": {"access": [], "hotload": {"enabled": False}, "mounts": []},
+    "use_local_src": False,
+    "input_type": "Any",
+    "model_framework": "custom",
+    "model_type": "Model",
+    "runtime.enable_debug_logs": False,
+    "runtime.remote_ssh": {"enabled": False},
+}
+_NO = object()
+
+
+def _empty(value: Any) -> bool:
+    """None, an empty string or collection, or a mapping of only such values."""
+    if isinstance(value, dict):
+        return all(_empty(v) for v in value.values())
+    return value is None or (isinstance(value, str | list) and not value)
 
 
 def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") -> PackageConfig:
@@ -330,12 +409,28 @@ def parse_config(data: dict[str, Any] | None, *, source: str = "config.yaml") ->
     return config
 
 
-def load_config(path: Path) -> PackageConfig:
-    """Read and validate ``config.yaml`` (a missing file means all defaults)."""
-    if not path.exists():
-        return parse_config({}, source=str(path))
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PackageConfig:
+    """Read and validate ``config.yaml`` (a missing file means all defaults), with
+    ``overrides`` (e.g. a models.yaml entry's) merged over it key by key."""
+    data: Any = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = deep_merge(data, overrides)
     return parse_config(data, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -25,11 +25,13 @@ REASONS = ("timeout", "disconnected", "shutdown", "canceled")
 
 @dataclass(frozen=True)
 class OutputPrefs:
-    """What the client asked of the response: media format and quality, and its Accept header."""
+    """What the client asked of the response: media format and quality, its Accept header,
+    and how many step previews it wants over the run (0: the package's own setting)."""
 
     accept: str | None = None
     format: str | None = None
     quality: int | None = None
+    previews: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class RequestContext:
         "created",
         "deadline",
         "output",
+        "request",
         "request_id",
         "stage",
         "timeout_s",
@@ -96,6 +99,9 @@ class RequestContext:
         self.timings: dict[str, float] = {}
         self.timeout_s: float | None = None  # the limit behind ``deadline``, for messages
         self.stage = ""  # where the request waits now, for a timeout's message
+        # the HTTP request this call came in by (a starlette Request), for model methods
+        # that ask for it; None in-process and for jobs
+        self.request: Any = None
         self._reason: str | None = None  # set once, by the first cancel
         self._sinks: list[EventSink] = [sink] if sink else []
 

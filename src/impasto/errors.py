@@ -16,6 +16,8 @@
     ├── PredictTimeout               504  exit 8   the request ran past its deadline
     ├── Canceled                     499  exit 9   the client went away or canceled
     ├── ModelError                   500  exit 10  user code raised
+    │   ├── ModelHTTPError           any  exit 10  user code raised an HTTPException(status, detail)
+    │   └── ModelDefinitionError     412  exit 10  the model's methods cannot serve this call
     ├── StoreError                   400  exit 11  the model store refused an operation
     ├── AddressInUse                      exit 12  `impasto serve`: the port is taken
     ├── Unreachable                       exit 13  `--url`: no server answers there
@@ -65,6 +67,10 @@ class InputError(ImpastoError):
     exit_code = 2
     type = "invalid_input"
     details: list[dict[str, Any]] | None = None  # pydantic's errors, when validation failed
+
+    # pydantic's own error list (``loc``, ``msg``, ``type``) when validation failed, for
+    # adapters that report validation errors in another protocol's words
+    details: list[dict[str, Any]] | None = None
 
 
 class MalformedInput(InputError):
@@ -121,6 +127,25 @@ class ModelError(ImpastoError):
     type = "model_error"
 
 
+class ModelHTTPError(ModelError):
+    """The model raised starlette's (or FastAPI's) ``HTTPException``: its status and detail
+    are the answer, as the model meant them."""
+
+    type = "http_error"
+
+    def __init__(self, status: int, detail: Any, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail if isinstance(detail, str) else str(detail), headers=headers)
+        self.status = status  # type: ignore[misc]
+        self.detail = detail
+
+
+class ModelDefinitionError(ModelError):
+    """The model's methods cannot serve this call (a streaming predict with a postprocess)."""
+
+    status = 412
+    type = "model_definition_error"
+
+
 class StoreError(ImpastoError):
     status = 400
     exit_code = 11
@@ -160,7 +185,9 @@ def pydantic_errors(exc: Any, prefix: str = "", model: Any = None) -> InputError
         limit = _limit_key(model, err) if err.get("type") in _BOUNDS else None
         parts.append(f"{where}: {err.get('msg')}" + (f" ({limit})" if limit else ""))
     error = InputError("; ".join(parts) or str(exc), field=loc or None)
-    error.details = errors  # every error, for protocols whose bodies list them all
+    error.details = [
+        {"loc": tuple(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors
+    ]
     return error
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .context import Event
@@ -119,4 +126,6 @@ class Metrics:
         self.in_flight.labels(model).set_function(in_flight)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """impasto's metrics, then those the model registered on prometheus_client's
+        default registry (and that registry's process and platform collectors)."""
+        return generate_latest(self.registry) + generate_latest(REGISTRY)

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from .config import PackageConfig, load_config
+from .config import PackageConfig, deep_merge, load_config, parse_config
+from .environment import Environment
 from .errors import ConfigError, NotFound, PackageError
 from .formats import detect_format
 from .secrets import Redactor, Secrets, resolve_secrets
@@ -56,17 +57,19 @@ class Package:
     def kind(self) -> str:
         """Which protocol's dialect shared routes answer in: the kind a model class declares
         (``impasto_kind``: ``sagemaker``, ``octoai``), ``truss`` for a model class with its
-        own ``predict`` (the Truss-shaped package), ``impasto`` for the rest (zero-code
-        diffusers, ``@impasto.endpoint`` classes)."""
+        own ``predict`` or ``websocket`` (the Truss-shaped package), ``impasto`` for the rest
+        (zero-code diffusers, ``@impasto.endpoint`` classes)."""
         from .diffusers.model import DiffusersModel
 
         cls = self.spec.cls
         declared = getattr(cls, "impasto_kind", None)
         if isinstance(declared, str):
             return declared
-        if issubclass(cls, DiffusersModel) or not callable(getattr(cls, "predict", None)):
+        if issubclass(cls, DiffusersModel):
             return "impasto"
-        return "truss"
+        if callable(getattr(cls, "predict", None)) or "websocket" in self.spec.hooks:
+            return "truss"
+        return "impasto"
 
     @property
     def data_dir(self) -> Path:
@@ -78,11 +81,20 @@ class Package:
             "config": self.config.model_dump(mode="python"),
             "data_dir": self.data_dir,
             "secrets": self.secrets,
-            "environment": self.environment,
+            "environment": Environment(self.environment) if self.environment else None,
         }
         spec = self.spec
         kwargs = available if spec.init_kwargs else {k: available[k] for k in spec.init_args}
         return lambda: spec.cls(**kwargs)
+
+    def before_load(self, model: Any) -> Any:
+        """Run the model's ``setup_environment(environment)`` (when it has one and an
+        environment is set) on the built model, before ``load()``; an async one returns
+        its awaitable for the runner to await."""
+        if not self.environment or "setup_environment" not in self.spec.hooks:
+            return None
+        log.info("%s: setup_environment(%r)", self.name, self.environment)
+        return model.setup_environment(Environment(self.environment))
 
     def scope(self) -> contextlib.AbstractContextManager[None]:
         """The package's ``environment_variables`` and import folders (``packages/``,
@@ -116,14 +128,22 @@ def load_examples(path: Path) -> list[Example]:
 
 
 def load_package(
-    path: str | Path, *, environment: str | None = None, secrets_dir: str | Path | None = None
+    path: str | Path,
+    *,
+    environment: str | None = None,
+    secrets_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Package:
-    """Read a package folder and inspect its model class (does not build or load the model)."""
+    """Read a package folder and inspect its model class (does not build or load the model);
+    ``overrides`` are merged over its config.yaml (a models.yaml entry's name and settings)."""
     root = Path(path).resolve()
     if not root.is_dir():
         raise PackageError(f"{root} is not a folder; pass the package folder (with config.yaml)")
     fmt = detect_format(root)
-    config = rooted_paths(root, fmt.config(root) if fmt else load_config(root / "config.yaml"))
+    config = fmt.config(root) if fmt else load_config(root / "config.yaml", overrides)
+    if fmt and overrides:
+        config = parse_config(deep_merge(config.model_dump(mode="python"), overrides))
+    config = rooted_paths(root, config)
     with package_scope(root, config):
         cls = fmt.model_class(root, config) if fmt else _model_class(root, config)
         spec = inspect_model(cls, config.endpoints)

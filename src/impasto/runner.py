@@ -21,22 +21,27 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.responses import Response
 
 from . import logs
 from .batching import BatchQueue
+from .calls import (
+    RESPONSE_POSTPROCESS,
+    STREAM_POSTPROCESS,
+    ModelCalls,
+    awaited,
+    is_stream,
+)
 from .config import PackageConfig
 from .context import OutputPrefs, RequestContext
 from .errors import (
     ImpastoError,
     InputError,
-    ModelError,
     NotFound,
     NotReady,
     Overloaded,
@@ -44,11 +49,12 @@ from .errors import (
     ShuttingDown,
     pydantic_errors,
 )
+from .loading import Loader
 from .media.budget import DecodeBudget
 from .prediction import Prediction
 from .slots import Slots
 from .spec import CallSpec, EndpointSpec, ModelSpec
-from .streams import drain, uncancel
+from .streams import drain
 
 log = logging.getLogger("impasto.runner")
 
@@ -69,6 +75,7 @@ class Runner:
         metrics: Any = None,
         redact: Callable[[str], str] = lambda text: text,
         scope: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        before_load: Callable[[Any], Any] | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
@@ -76,15 +83,11 @@ class Runner:
         self.kind = kind  # the dialect shared routes answer in: truss, sagemaker, impasto...
         self.metrics = metrics
         self.redact = redact
-        self._factory = factory
-        self._scope = scope or contextlib.nullcontext
-        self._served = contextlib.ExitStack()  # the package's scope while this runner serves
-        self.model: Any = None
-        self.state = "pending"  # pending -> loading -> ready | failed
-        self.load_error: str | None = None
-        self.load_seconds: float | None = None
         self.closing = False
-        self._done = asyncio.Event()
+        # Set by a registry that loads this model on demand (lazy loading, eviction): called
+        # at admission while the model is not loaded; the request then waits for the load.
+        self.on_demand: Callable[[Runner], None] | None = None
+        self.last_used = 0.0  # monotonic time of the last admission (least recently used)
         rt = config.runtime
         self._slots = Slots(rt.predict_concurrency)
         self._busy = 0  # slots in use, abandoned threads included
@@ -94,6 +97,9 @@ class Runner:
         self._idle.set()
         self._executor = ThreadPoolExecutor(
             max_workers=rt.predict_concurrency + 8, thread_name_prefix="impasto-model"
+        )
+        self.calls = ModelCalls(
+            lambda: self.loading.model, self._executor, name=name, redact=redact
         )
         self._inputs = ThreadPoolExecutor(
             max_workers=rt.input_workers, thread_name_prefix="impasto-input"
@@ -106,89 +112,85 @@ class Runner:
         per_slot = config.batching.max_batch_size if batched else 1
         self._decoding = Slots(rt.predict_concurrency * per_slot + rt.input_workers)
         self._decoders: set[Prediction] = set()
-        self._load_task: asyncio.Task | None = None
+        self.loading = Loader(
+            spec,
+            factory,
+            name=name,
+            thread=self.calls.thread,
+            timeout=rt.load_timeout_s,
+            redact=redact,
+            scope=scope,
+            before_load=before_load,
+        )
         self._listeners = [metrics.listener(name)] if metrics is not None else []
         if metrics is not None:
             metrics.track(name, lambda: self._queued, lambda: len(self._live))
 
-    # loading ------------------------------------------------------------------------------
+    # loading (the state machine is the Loader's) -----------------------------------------
     def start(self) -> asyncio.Task:
         """Begin loading in the background (idempotent); admission answers 503 until then."""
-        if self._load_task is None:
-            self._load_task = asyncio.create_task(self.load(), name=f"impasto-load-{self.name}")
-        return self._load_task
+        return self.loading.start()
 
     async def load(self) -> bool:
-        """Instantiate the model and run its ``load()`` once; True when it is ready."""
-        if self.state != "pending":
-            await self._done.wait()
-            return self.state == "ready"
-        self.state = "loading"
-        started = time.monotonic()
-        timeout = self.config.runtime.load_timeout_s
-        try:
-            self._served.enter_context(self._scope())
-            self.model = await self._thread(self._factory)
-            if self.spec.has_load:
-                work = (
-                    self.model.load() if self.spec.load_is_async else self._thread(self.model.load)
-                )
-                await asyncio.wait_for(work, timeout) if timeout else await work
-        except BaseException as exc:
-            self.state = "failed"
-            if isinstance(exc, asyncio.TimeoutError) and _deadline_hit(exc):
-                self.load_error = (
-                    f"load() did not finish within {timeout} s (runtime.load_timeout_s)"
-                )
-            else:
-                text = (
-                    exc.message if isinstance(exc, ImpastoError) else f"{type(exc).__name__}: {exc}"
-                )
-                self.load_error = self.redact(text)
-            if isinstance(exc, ImpastoError):  # impasto's own, clear error: one line
-                log.error("model %s failed to load: %s", self.name, self.load_error)
-            elif not isinstance(exc, asyncio.CancelledError):
-                log.error(
-                    "model %s failed to load: %s\n%s",
-                    self.name,
-                    self.load_error,
-                    self.redact(traceback.format_exc()),
-                )
-            self._done.set()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return False
-        self.load_seconds = time.monotonic() - started
-        self.state = "ready"
-        log.info("model %s loaded in %.2f s", self.name, self.load_seconds)
-        self._done.set()
-        return True
+        """Build the model and run its ``load()`` once; True when it is ready."""
+        return await self.loading.load()
+
+    @property
+    def model(self) -> Any:
+        return self.loading.model
+
+    @property
+    def state(self) -> str:
+        """pending -> loading -> ready | failed; ready -> unloading -> unloaded -> loading..."""
+        return self.loading.state
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.loading.ready
+
+    @property
+    def load_error(self) -> str | None:
+        return self.loading.error
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self.loading.seconds
+
+    @property
+    def load_started_at(self) -> float | None:
+        return self.loading.started_at
+
+    @property
+    def load_completed_at(self) -> float | None:
+        return self.loading.completed_at
+
+    async def healthy(self) -> bool | None:
+        """The model's own ``is_healthy()`` (see :meth:`Loader.healthy`)."""
+        return await self.loading.healthy()
 
     async def wait_loaded(self) -> bool:
-        await self._done.wait()
+        await self.loading.done.wait()
         return self.ready
 
     def _load_failed(self) -> NotReady:
         return NotReady(f"the model failed to load ({self.load_error}); see the server log")
 
     async def _wait_loaded(self, p: Prediction) -> None:
-        """Hold a prediction until the model is loaded (``runtime.wait_for_load``)."""
+        """Hold a prediction until the model is loaded (``runtime.wait_for_load``, or a
+        model loaded on demand)."""
         p.ctx.stage = "while the model was loading"
         limit = self.config.runtime.load_wait_s
-        try:  # the deadline aborts this wait: 504
-            await asyncio.wait_for(self._done.wait(), limit)
-        except asyncio.TimeoutError:
-            raise NotReady(
-                f"the model is still loading after {limit} s (runtime.load_wait_s); retry "
-                "when it is ready",
-                headers={"Retry-After": "1"},
-            ) from None
-        if self.state == "failed":
-            raise self._load_failed()
+        while self.state != "ready":  # an unload in between makes a new event to wait on
+            if self.state == "failed":
+                raise self._load_failed()
+            try:  # the deadline aborts this wait: 504
+                await asyncio.wait_for(self.loading.done.wait(), limit)
+            except asyncio.TimeoutError:
+                raise NotReady(
+                    f"the model is still loading after {limit} s (runtime.load_wait_s); retry "
+                    "when it is ready",
+                    headers={"Retry-After": "1"},
+                ) from None
 
     # endpoints ----------------------------------------------------------------------------
     def endpoint(self, name: str | None) -> EndpointSpec:
@@ -198,7 +200,7 @@ class Runner:
         try:
             return self.spec.endpoints[name]
         except KeyError:
-            known = ", ".join(self.spec.endpoints)
+            known = ", ".join(self.spec.endpoints) or "none (it serves a websocket)"
             raise NotFound(f"no endpoint named {name!r}; this model serves: {known}") from None
 
     # admission ----------------------------------------------------------------------------
@@ -230,7 +232,10 @@ class Runner:
         if self.state != "ready":
             if self.state == "failed":
                 raise self._load_failed()
-            if not self.config.runtime.wait_for_load:
+            if self.on_demand is not None:
+                if self.state in ("pending", "unloaded", "unloading"):
+                    self.on_demand(self)  # loads it (after evicting another, if need be)
+            elif not self.config.runtime.wait_for_load:
                 raise NotReady(
                     "the model is still loading; retry when GET /health/ready answers 200",
                     headers={"Retry-After": "1"},
@@ -254,6 +259,7 @@ class Runner:
             max_log_bytes=rt.max_log_bytes,
         )
         p.set_deadline(rt.predict_timeout_s)
+        self.last_used = ctx.created
         self._live.add(p)
         self._idle.clear()
         self._set_queued(+1)
@@ -295,11 +301,16 @@ class Runner:
             p.input = payload
             return payload
         if not isinstance(payload, dict):
-            raise InputError(
+            error = InputError(
                 f"expected a JSON object with the fields of {model.__name__}, "
                 f"got {type(payload).__name__}",
                 field="body",
             )
+            try:  # pydantic's own words too, for adapters that report them
+                model.model_validate(payload)
+            except ValidationError as exc:
+                error.details = pydantic_errors(exc).details
+            raise error
         media = self.config.media
         context = {"media": media, "budget": DecodeBudget(media) if endpoint.has_media else None}
 
@@ -336,20 +347,33 @@ class Runner:
         p.ctx.stage = ""
         try:
             if endpoint.preprocess:
-                value = await self._invoke(endpoint.preprocess, value, p.ctx)
+                value = await self.calls.invoke(endpoint.preprocess, value, p.ctx)
             if endpoint.streams:
+                if endpoint.postprocess:
+                    raise self.calls.definition_error(STREAM_POSTPROCESS, p.ctx)
                 return await self._stream(endpoint, value, p)
-            if self._batches(endpoint):
+            if not endpoint.slotted:  # beside the predictions, as pre/postprocess run
+                self._started(p)
+                value = await self.calls.invoke(endpoint.call, value, p.ctx)
+            elif self._batches(endpoint):
                 value = await self._batcher(endpoint).submit(value, p)
             else:
                 value = await self._in_slot(endpoint.call, value, p)
+            if is_stream(value):  # a generator returned (not yielded) streams too
+                if endpoint.postprocess:
+                    raise self.calls.definition_error(STREAM_POSTPROCESS, p.ctx)
+                return await self._drain(value, p, slotted=endpoint.slotted)
             if endpoint.postprocess:
-                value = await self._invoke(endpoint.postprocess, value, p.ctx)
+                if isinstance(value, Response):
+                    raise self.calls.definition_error(RESPONSE_POSTPROCESS, p.ctx)
+                value = await self.calls.invoke(endpoint.postprocess, value, p.ctx)
+                if is_stream(value):
+                    return await self._drain(value, p, slotted=False)
             return value
         except (ImpastoError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            raise self.model_error(exc, p.ctx) from exc
+            raise self.calls.model_error(exc, p.ctx) from exc
 
     def _batches(self, endpoint: EndpointSpec) -> bool:
         # A batchable method only takes lists, so it always goes through the queue (a batch
@@ -357,17 +381,6 @@ class Runner:
         if endpoint.batch_call is None:
             return False
         return self.config.batching.enabled or endpoint.call is endpoint.batch_call
-
-    def model_error(self, exc: BaseException, ctx: RequestContext) -> ModelError:
-        """A model's own exception as a 500, with the traceback in the log (never the body)."""
-        message = self.redact(f"{type(exc).__name__}: {exc}")
-        log.error(
-            "request %s: model raised %s\n%s",
-            ctx.request_id,
-            message,
-            self.redact("".join(traceback.format_exception(exc))),
-        )
-        return ModelError(message)
 
     async def acquire(self, p: Prediction) -> None:
         """Wait for a model slot (the deadline or a cancel aborts the wait)."""
@@ -390,31 +403,12 @@ class Runner:
             finally:
                 logs.leave(token)
                 self.release()
-        work = self._submit(logs.call_in((p.ctx,), call.bind(self.model, value, p.ctx)))
+        work = self.calls.submit(logs.call_in((p.ctx,), call.bind(self.model, value, p.ctx)))
         # A thread cannot be stopped: it keeps its slot until it returns, whatever the
         # caller does, so predict_concurrency always bounds what runs.
         work.add_done_callback(self.release)
-        result = await _awaited(work)
+        result = await awaited(work)
         return await result if inspect.isawaitable(result) else result
-
-    async def _invoke(self, call: CallSpec, value: Any, ctx: Any) -> Any:
-        """Run one user method outside a slot: awaited if async, else in a worker thread
-        (``ctx`` is one context, or a list of them for a batch call)."""
-        contexts = tuple(ctx) if isinstance(ctx, list) else (ctx,)
-        bound = call.bind(self.model, value, ctx)
-        if call.is_async and not call.is_generator:
-            with logs.running(contexts):
-                return await bound()
-        if call.is_generator:
-            return bound()  # creating a generator object runs no user code
-        result = await _awaited(self._submit(logs.call_in(contexts, bound)))
-        return await result if inspect.isawaitable(result) else result
-
-    def _submit(self, fn: Callable[[], Any]) -> asyncio.Future:
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def _thread(self, fn: Callable[[], Any]) -> Any:
-        return await self._submit(fn)
 
     def _batcher(self, endpoint: EndpointSpec) -> BatchQueue:
         batcher = self._batchers.get(endpoint.name)
@@ -430,7 +424,7 @@ class Runner:
             if self.metrics is not None:
                 self.metrics.observe_batch(self.name, endpoint.name, len(values))
             contexts = [p.ctx for p in batch]
-            return await self._invoke(
+            return await self.calls.invoke(
                 call, values, contexts if call.context_param == "contexts" else contexts[0]
             )
 
@@ -456,20 +450,31 @@ class Runner:
         """Take a slot, run the generator to its first chunk (an error or timeout before it
         is a status, not a broken stream) and hand back an async iterator that holds the slot
         until it ends or is closed; the prediction ends with it."""
-        await self.acquire(p)
+        if endpoint.slotted:
+            await self.acquire(p)
         self._started(p)
         try:
-            gen = await self._invoke(endpoint.call, value, p.ctx)
+            gen = await self.calls.invoke(endpoint.call, value, p.ctx)
         except BaseException:
-            self.release()
+            if endpoint.slotted:
+                self.release()
             raise
+        return await self._drain(gen, p, slotted=endpoint.slotted, acquired=True)
+
+    async def _drain(
+        self, gen: Any, p: Prediction, *, slotted: bool, acquired: bool = False
+    ) -> AsyncIterator[Any]:
+        """The chunks of a generator the model made, as an async iterator that owns a slot
+        (taken now unless ``acquired``; none when not ``slotted``) until the stream ends."""
+        if slotted and not acquired:
+            await self.acquire(p)
         return await drain(  # owns the slot from here, and frees it however the stream ends
             gen,
             p,
-            submit=self._submit,
-            release=self.release,
+            submit=self.calls.submit,
+            release=self.release if slotted else _no_release,
             gap=self.config.runtime.streaming_read_timeout,
-            model_error=self.model_error,
+            model_error=self.calls.model_error,
         )
 
     # in-process ---------------------------------------------------------------------------
@@ -482,24 +487,13 @@ class Runner:
         output: OutputPrefs | None = None,
         on_event: Callable[[Any], None] | None = None,
     ) -> Any:
-        """One prediction in-process through the same steps as every route: admit, decode,
-        run, end. Returns the output (an async iterator for a streaming endpoint); raises
-        the ImpastoError it ended with."""
-        p = self.admit(self.endpoint(endpoint), request_id=request_id, output=output)
-        if on_event is not None:
-            p.subscribe(on_event)
-        p.bind(asyncio.current_task())
-        try:
-            async with aborts_as_errors(p):
-                result = await self.run(p, await self.decode(p, payload))
-        except ImpastoError as exc:
-            p.finish(exc)
-            raise
-        finally:
-            p.bind(None)
-        if not self.spec.endpoints[p.endpoint].streams:
-            p.succeed(result)
-        return result
+        """One prediction in-process through the same steps as every route (see
+        :func:`impasto.inprocess.predict`)."""
+        from .inprocess import predict
+
+        return await predict(
+            self, payload, endpoint, request_id=request_id, output=output, on_event=on_event
+        )
 
     # lifecycle ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -512,9 +506,30 @@ class Runner:
             "batch_pending": {name: b.pending for name, b in self._batchers.items()},
         }
 
+    @property
+    def idle(self) -> bool:
+        """No prediction in flight: nothing pins the loaded model."""
+        return not self._live
+
     async def wait_idle(self) -> None:
         """Until no prediction is in flight."""
         await self._idle.wait()
+
+    async def unload(self) -> bool:
+        """Drop the loaded model so that its memory can go to another (least recently used
+        eviction); it loads again on its next request. Only an idle model is unloaded (False
+        otherwise): in-flight predictions pin it. A request admitted meanwhile waits for the
+        reload. The model's own ``unload()``, if it has one, runs first."""
+        if self.state != "ready" or self._live or self.closing:
+            return False
+        self.loading.begin_unload()  # requests admitted from now on wait for the reload
+        size = self.config.runtime.predict_concurrency
+        for _ in range(size):  # a thread abandoned by its prediction keeps its slot
+            await self._slots.acquire()
+        for _ in range(size):
+            self._slots.release()
+        await self.loading.unload()
+        return True
 
     def stop_admitting(self) -> None:
         """From now on ``admit`` answers 503 ``shutting_down``; in-flight work goes on."""
@@ -538,47 +553,13 @@ class Runner:
             p.abort("shutdown")
         for batcher in self._batchers.values():
             await batcher.aclose()
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()
+        self.loading.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._inputs.shutdown(wait=False, cancel_futures=True)
-        self._served.close()
 
 
-async def _awaited(future: asyncio.Future) -> Any:
-    """Await thread work without canceling it when the waiter is canceled (a thread cannot
-    be stopped; its outcome is retrieved so none is reported as lost)."""
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(_retrieve)
-        raise
+def _no_release() -> None:
+    """A stream that holds no model slot has none to free."""
 
 
-def _retrieve(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-@contextlib.asynccontextmanager
-async def aborts_as_errors(p: Prediction) -> AsyncIterator[None]:
-    """Inside the block, an abort of ``p`` (deadline, disconnect, shutdown, cancel) surfaces
-    as the ImpastoError of its reason instead of a CancelledError; a cancellation that did
-    not come from an abort (the server itself stopping the task) propagates unchanged."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not p.aborted:
-            p.ctx.cancel("disconnected")
-            raise
-        uncancel()
-        raise p.ctx.error() from None
-
-
-def _deadline_hit(exc: BaseException) -> bool:
-    """Whether a TimeoutError is wait_for's own (raised from the cancellation it made) rather
-    than one the model raised. (``asyncio.TimeoutError`` is the builtin only from 3.11.)"""
-    return isinstance(exc.__cause__, asyncio.CancelledError)
-
-
-__all__ = ["PredictTimeout", "Runner", "aborts_as_errors"]
+__all__ = ["PredictTimeout", "Runner", "is_stream"]

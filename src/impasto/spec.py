@@ -8,20 +8,27 @@ here, at load time, and a bad signature fails fast with the signature in the mes
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, create_model
+from starlette.requests import Request
 
 from .context import RequestContext
-from .errors import PackageError
+from .errors import NotFound, PackageError
 from .media import media_kind
 
 INIT_ARGS = ("config", "data_dir", "secrets", "environment")
 _RAW_NAMES = {"model_input", "inputs", "input", "request", "payload", "data", "body"}
 _CONTEXT_NAMES = {"context", "ctx", "contexts"}
+_SCALARS = (str, int, float, bool, bytes)
+# Model methods served beside predict at the OpenAI-style routes (/v1/chat/completions...);
+# they run outside the model's predict slots, as they do under Truss.
+OPENAI_METHODS = ("chat_completions", "completions", "embeddings", "messages", "responses")
+HOOKS = ("is_healthy", "setup_environment", "websocket")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class CallSpec:
     input_model: type[BaseModel] | None
     output_model: type[BaseModel] | None
     signature: str
+    request_param: str | None = None  # annotated starlette/FastAPI ``Request``: gets it
+    takes_input: bool = True  # False: called with no input (only the request, or nothing)
 
     def bind(self, model: Any, value: Any, ctx: RequestContext | None) -> Callable[[], Any]:
         """A zero-argument callable running the method on ``value`` (already validated)."""
@@ -81,6 +90,10 @@ class CallSpec:
         kwargs: dict[str, Any] = {}
         if self.context_param:
             kwargs[self.context_param] = ctx
+        if self.request_param:
+            kwargs[self.request_param] = getattr(ctx, "request", None)
+        if not self.takes_input:
+            return lambda: fn(**kwargs)
         if self.style == "fields":
             fields = dict(value) if isinstance(value, BaseModel) else dict(value or {})
             return lambda: fn(**fields, **kwargs)
@@ -104,9 +117,17 @@ class EndpointSpec:
     preprocess: CallSpec | None = None
     postprocess: CallSpec | None = None
     has_media: bool = False  # its input decodes media: validated in the input pool
+    slotted: bool = True  # False: runs beside predictions, outside the predict slots
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "has_media", _has_media(self.input_model))
+
+    @property
+    def reads_body(self) -> bool:
+        """False when the first stage takes only the HTTP request: the body is the model's
+        to read (``await request.body()``), never parsed for it."""
+        first = self.preprocess or self.call
+        return first.takes_input or first.request_param is None
 
 
 @dataclass(frozen=True)
@@ -121,13 +142,22 @@ class ModelSpec:
     endpoints: dict[str, EndpointSpec] = field(default_factory=dict)
 
     default: str | None = None
+    # optional model methods beside the endpoints (``is_healthy``, ``setup_environment``,
+    # ``websocket``): name -> whether it is async
+    hooks: dict[str, bool] = field(default_factory=dict)
 
     @property
     def default_endpoint(self) -> EndpointSpec:
         """What ``/predict`` runs: ``predict``, else the class's ``impasto_default_endpoint``,
         else the first endpoint declared."""
         name = "predict" if "predict" in self.endpoints else self.default
-        return self.endpoints.get(name or "") or next(iter(self.endpoints.values()))
+        found = self.endpoints.get(name or "") or next(iter(self.endpoints.values()), None)
+        if found is None:
+            raise NotFound(
+                f"{self.cls.__name__} has no predict endpoint; it serves a websocket at "
+                "/v1/websocket"
+            )
+        return found
 
 
 def _hints(fn: Callable, where: str) -> dict[str, Any]:
@@ -164,6 +194,29 @@ def _is_context_type(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, RequestContext)
 
 
+def _is_request_type(tp: Any) -> bool:
+    """starlette's ``Request`` (FastAPI's is the same class) or a subclass of it."""
+    return isinstance(tp, type) and issubclass(tp, Request)
+
+
+def _field_like(tp: Any) -> bool:
+    """Whether one parameter annotated ``tp`` is an input field (``count: int``,
+    ``image: Image``, ``mode: Literal[...]``): impasto's convenience. Any other single
+    parameter of a model stage (none, ``Any``, ``Dict``, ``dict[str, Any]``, a dataclass...)
+    receives the whole value."""
+    if tp in _SCALARS or media_kind(tp) is not None:
+        return True
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return True
+    if origin is typing.Annotated:
+        return _field_like(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return bool(args) and all(_field_like(a) for a in args)
+    return False
+
+
 def _is_context_param(name: str, annotation: Any) -> bool:
     """A parameter gets the request context when it is annotated ``RequestContext`` (or
     ``list[RequestContext]``), or named ``context``/``ctx``/``contexts`` without a data
@@ -191,34 +244,65 @@ def _has_media(tp: Any, seen: set[Any] | None = None) -> bool:
     return any(_has_media(arg, seen) for arg in typing.get_args(tp) if not isinstance(arg, str))
 
 
-def inspect_call(cls: type, attr: str, *, input_name: str, list_input: bool = False) -> CallSpec:
-    """Read one method's signature into a :class:`CallSpec` (raises PackageError if unusable)."""
+def inspect_call(
+    cls: type,
+    attr: str,
+    *,
+    input_name: str,
+    list_input: bool = False,
+    stage: str | None = None,
+) -> CallSpec:
+    """Read one method's signature into a :class:`CallSpec` (raises PackageError if unusable).
+
+    ``stage`` marks the model's own stages (``preprocess``, ``predict``, ``postprocess``,
+    the OpenAI-style methods): ``"first"`` for the one that receives the request body,
+    ``"later"`` for those that receive the previous stage's value. A stage with one data
+    parameter receives its value whole, however it is named or annotated, except a
+    pydantic model on the first stage (the body is validated into it) and impasto's
+    single-field convenience (``count: int``, ``image: Image``) there. A stage may also
+    take no input (only the request, or nothing)."""
     fn = getattr(cls, attr)
     sig = inspect.signature(fn)
     where = f"{cls.__name__}.{attr}{sig}"
     hints = _hints(fn, where)
     params = [p for p in sig.parameters.values() if p.name != "self"]
-    context_param = None
+    context_param = request_param = None
     data_params = []
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        if _is_context_param(p.name, hints.get(p.name, inspect.Parameter.empty)):
+        annotation = hints.get(p.name, inspect.Parameter.empty)
+        if _is_request_type(annotation):
+            request_param = p.name
+        elif _is_context_param(p.name, annotation):
             context_param = p.name
         else:
             data_params.append(p)
-    if not data_params:
+    if not data_params and not stage:
         raise PackageError(f"{where} must take an input argument")
     ret = hints.get("return")
+    if list_input and typing.get_origin(ret) is list and typing.get_args(ret):
+        ret = typing.get_args(ret)[0]  # a batch method returns one output per input
     output_model = ret if _is_model_type(ret) else None
     style, input_model = "raw", None
-    if list_input:
+    if not data_params:
+        pass
+    elif list_input:
         if len(data_params) > 1:
             raise PackageError(f"{where}: a batch method takes one list of inputs")
         ann = hints.get(data_params[0].name)
         args = typing.get_args(ann) if typing.get_origin(ann) in (list, typing.List) else ()  # noqa: UP006
         if args and _is_model_type(args[0]):
             input_model = args[0]
+    elif len(data_params) == 1 and stage == "later":
+        pass  # the previous stage's value, whole
+    elif len(data_params) == 1 and stage == "first":
+        p = data_params[0]
+        ann = hints.get(p.name, inspect.Parameter.empty)
+        if _is_model_type(ann):
+            style, input_model = "model", ann
+        elif p.name not in _RAW_NAMES and _field_like(ann):
+            style = "fields"
     elif len(data_params) == 1:
         p = data_params[0]
         ann = hints.get(p.name, inspect.Parameter.empty)
@@ -250,11 +334,18 @@ def inspect_call(cls: type, attr: str, *, input_name: str, list_input: bool = Fa
         input_model=input_model,
         output_model=output_model,
         signature=where,
+        request_param=request_param,
+        takes_input=bool(data_params),
     )
 
 
 def _endpoint(
-    cls: type, attr: str, opts: EndpointOptions, *, batch_attr: str | None = None
+    cls: type,
+    attr: str,
+    opts: EndpointOptions,
+    *,
+    batch_attr: str | None = None,
+    stage: str | None = None,
 ) -> EndpointSpec:
     """Describe one endpoint; a ``batchable`` method is the batch call itself (list in, out)."""
     name = opts.name or attr
@@ -265,7 +356,7 @@ def _endpoint(
     if opts.batchable:
         call = batch_call = inspect_call(cls, attr, input_name=name, list_input=True)
     else:
-        call = inspect_call(cls, attr, input_name=name)
+        call = inspect_call(cls, attr, input_name=name, stage=stage)
         batch_call = (
             inspect_call(cls, batch_attr, input_name=name, list_input=True) if batch_attr else None
         )
@@ -311,10 +402,24 @@ def inspect_model(cls: type, extra_endpoints: list[Any] | None = None) -> ModelS
     init_kwargs = any(p.kind == p.VAR_KEYWORD for p in init_params)
 
     endpoints: dict[str, EndpointSpec] = {}
+    hooks = _hooks(cls)
+    model_shaped = callable(getattr(cls, "predict", None)) or "websocket" in hooks
     if callable(getattr(cls, "predict", None)):
         batch_attr = "predict_batch" if callable(getattr(cls, "predict_batch", None)) else None
-        predict = _endpoint(cls, "predict", EndpointOptions(), batch_attr=batch_attr)
+        has_pre = callable(getattr(cls, "preprocess", None))
+        predict = _endpoint(
+            cls,
+            "predict",
+            EndpointOptions(),
+            batch_attr=batch_attr,
+            stage="later" if has_pre else "first",
+        )
         endpoints["predict"] = _with_hooks(cls, predict)
+    for attr in OPENAI_METHODS if model_shaped else ():
+        method = getattr(cls, attr, None)
+        if callable(method) and not hasattr(method, "__impasto_endpoint__"):
+            spec = _endpoint(cls, attr, EndpointOptions(), stage="first")
+            _add(endpoints, replace(spec, slotted=False), cls)
     for attr in _declared(cls):
         opts = getattr(getattr(cls, attr, None), "__impasto_endpoint__", None)
         if isinstance(opts, EndpointOptions) and attr != "predict":
@@ -327,7 +432,7 @@ def inspect_model(cls: type, extra_endpoints: list[Any] | None = None) -> ModelS
             )
         opts = EndpointOptions(name=entry.name, route=entry.route, batchable=entry.batchable)
         _add(endpoints, _endpoint(cls, entry.method, opts), cls)
-    if not endpoints:
+    if not endpoints and "websocket" not in hooks:
         raise PackageError(
             f"{cls.__name__} has no predict() method and no @impasto.endpoint methods; "
             "define `def predict(self, model_input): ...`"
@@ -341,7 +446,35 @@ def inspect_model(cls: type, extra_endpoints: list[Any] | None = None) -> ModelS
         load_is_async=inspect.iscoroutinefunction(load),
         endpoints=endpoints,
         default=getattr(cls, "impasto_default_endpoint", None),
+        hooks=hooks,
     )
+
+
+def _hooks(cls: type) -> dict[str, bool]:
+    """The optional model methods beside the endpoints, checked as their callers need them."""
+    found: dict[str, bool] = {}
+    for name in HOOKS:
+        fn = getattr(cls, name, None)
+        if not callable(fn):
+            continue
+        params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+        where = f"{cls.__name__}.{name}{inspect.signature(fn)}"
+        is_async = inspect.iscoroutinefunction(fn)
+        if name == "is_healthy" and params:
+            raise PackageError(f"{where}: is_healthy takes no argument besides self")
+        if name == "setup_environment" and len(params) != 1:
+            raise PackageError(f"{where}: setup_environment takes one argument, the environment")
+        if name == "websocket":
+            if len(params) != 1 or not is_async:
+                raise PackageError(f"{where}: websocket must be `async def websocket(self, ws)`")
+            stages = [s for s in ("predict", "preprocess", "postprocess") if hasattr(cls, s)]
+            if stages:
+                raise PackageError(
+                    f"{cls.__name__} has websocket() and {', '.join(stages)}(); a model serves "
+                    "either a websocket or predictions"
+                )
+        found[name] = is_async
+    return found
 
 
 def _declared(cls: type) -> list[str]:
@@ -354,20 +487,28 @@ def _declared(cls: type) -> list[str]:
 
 
 def _with_hooks(cls: type, spec: EndpointSpec) -> EndpointSpec:
-    """Attach preprocess/postprocess (predict only), re-deriving the input schema."""
+    """Attach preprocess/postprocess (predict only), re-deriving the input schema.
+
+    A streaming predict with a postprocess loads; each call of it answers 412 (the
+    postprocess cannot run on a stream), as a Truss server does."""
     pre = (
-        inspect_call(cls, "preprocess", input_name="predict")
+        inspect_call(cls, "preprocess", input_name="predict", stage="first")
         if callable(getattr(cls, "preprocess", None))
         else None
     )
     post = (
-        inspect_call(cls, "postprocess", input_name="predict")
+        inspect_call(cls, "postprocess", input_name="predict", stage="later")
         if callable(getattr(cls, "postprocess", None))
         else None
     )
-    if spec.streams and post is not None:
+    if pre is not None and not spec.call.takes_input and spec.call.request_param:
         raise PackageError(
-            f"{spec.call.signature}: postprocess cannot be combined with a streaming predict"
+            f"{spec.call.signature}: with a preprocess, predict must take an input (what "
+            "preprocess returns), not only the request"
+        )
+    if post is not None and not post.takes_input:
+        raise PackageError(
+            f"{post.signature}: postprocess must take an input (what predict returns)"
         )
     return replace(
         spec,

@@ -1,4 +1,5 @@
-"""``impasto serve PATH``: serve a package over HTTP with uvicorn.
+"""``impasto serve PATH...`` / ``impasto serve --models models.yaml``: serve packages over
+HTTP with uvicorn, several behind one port when asked.
 
 Shutdown is impasto's, not uvicorn's: on SIGTERM or Ctrl-C the server stops admitting work
 at once (readiness and new requests answer 503 with ``Retry-After``) but keeps its port so
@@ -25,29 +26,40 @@ import uvicorn
 from starlette.applications import Starlette
 
 from ..errors import AddressInUse, ImpastoError
+from ..models_file import ServePlan, load_models_file, model_paths, plan_for
 from ..package import load_package
 from ..serving import build_app
 from .folders import choose_service_class, install_requirements, package_path
 from .output import LogLevel, configure_logging, err_console, handle_errors
 
-PACKAGE_ENV = "IMPASTO_PACKAGE"
+PACKAGE_ENV = "IMPASTO_PACKAGE"  # the package folders, os.pathsep-separated
+MODELS_ENV = "IMPASTO_MODELS_FILE"
 UI_ENV = "IMPASTO_UI"  # tells a --reload worker whether to mount the playground
 log = logging.getLogger("impasto.serve")
 
 
+def _plan(paths: list[Path], models_file: Path | None) -> ServePlan:
+    """What to serve: the models.yaml, else the package folders (the first is the default)."""
+    if models_file is not None:
+        return load_models_file(models_file)
+    return plan_for([load_package(path) for path in paths])
+
+
 def reload_app() -> Starlette:
     """The factory uvicorn's ``--reload`` worker calls. That worker is a fresh process, so it
-    configures logging itself, with the package's redactor, before building the app. A
+    configures logging itself, with the packages' redactor, before building the app. A
     package that does not load (a syntax error being fixed) is served as a 503 naming the
     error until the next change reloads it."""
     configure_logging(os.environ.get("IMPASTO_LOG_LEVEL", "info"))
+    models_file = os.environ.get(MODELS_ENV)
+    paths = [Path(p) for p in os.environ.get(PACKAGE_ENV, "").split(os.pathsep) if p]
     try:
-        package = load_package(os.environ[PACKAGE_ENV])
+        plan = _plan(paths, Path(models_file) if models_file else None)
     except ImpastoError as exc:
         log.error("%s; fix it and save: the server reloads", exc.message)
         return broken_app(exc)
-    configure_logging(os.environ.get("IMPASTO_LOG_LEVEL", "info"), package.redactor)
-    return build_app(package, ui=os.environ.get(UI_ENV) == "1")
+    configure_logging(os.environ.get("IMPASTO_LOG_LEVEL", "info"), plan.redactor())
+    return build_app(plan, ui=os.environ.get(UI_ENV) == "1")
 
 
 def broken_app(exc: ImpastoError) -> Starlette:
@@ -148,8 +160,16 @@ def _ready_line(app: Starlette, url: str, started: float) -> None:
 
 @handle_errors
 def serve(
-    path: Path | None = typer.Argument(
-        None, help="The package folder (default: ., else SageMaker's /opt/ml/model)."
+    paths: list[Path] | None = typer.Argument(
+        None,
+        help="Package folders (default: ., else SageMaker's /opt/ml/model); the first is the "
+        "default model.",
+    ),
+    models_file: Path | None = typer.Option(
+        None,
+        "--models",
+        envvar=MODELS_ENV,
+        help="A models.yaml: names, paths, per-model overrides, default, lazy, max_loaded.",
     ),
     host: str = typer.Option("127.0.0.1", envvar="IMPASTO_HOST", help="Interface to bind."),
     port: int = typer.Option(
@@ -190,7 +210,7 @@ def serve(
         help="Serve the playground at /ui (default: with impasto[ui] installed, on loopback).",
     ),
 ) -> None:
-    """Serve a package; the model loads in the background while /health/ready answers 503.
+    """Serve packages; models load in the background while /health/ready answers 503.
 
     Example: impasto serve examples/tiny-sd --port 8080
     """
@@ -200,24 +220,28 @@ def serve(
         os.environ["IMPASTO_ENVIRONMENT"] = environment
     if secrets_dir:
         os.environ["IMPASTO_SECRETS_DIR"] = str(secrets_dir)
-    path = package_path(path)
+    if models_file is not None and paths:
+        raise typer.BadParameter("give package folders or --models, not both")
+    folders = [package_path(p) for p in paths or ([] if models_file else [None])]
     choose_service_class(service_class)
     if install:
-        install_requirements(path)
+        for folder in folders or model_paths(models_file):
+            install_requirements(folder)
     if reload:
         from ..config import load_config
         from ..ui import ui_enabled
 
-        configured = load_config(Path(path) / "config.yaml").ui.enabled
+        first = folders[0] if folders else model_paths(models_file)[0]
+        configured = load_config(Path(first) / "config.yaml").ui.enabled
         os.environ[UI_ENV] = "1" if ui_enabled(ui, configured, host) else "0"
-        _serve_reload(path, host, port, log_level)
+        _serve_reload(folders, models_file, host, port, log_level)
         return
     sock = bind(host, port)  # a taken port fails here, before any model code runs
-    package = load_package(path)  # fail fast on a broken package, before loading weights
+    plan = _plan(folders, models_file)  # fail fast on a broken package, before loading weights
     from ..ui import ui_enabled  # light: Gradio itself is imported only when the UI is on
 
-    with_ui = ui_enabled(ui, package.config.ui.enabled, host)
-    configure_logging(log_level, package.redactor)
+    with_ui = ui_enabled(ui, plan.default_package.config.ui.enabled, host)
+    configure_logging(log_level, plan.redactor())
     failed = {"load": False}
     server: DrainingServer | None = None
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -231,7 +255,7 @@ def serve(
             server.should_exit = True
 
     app = build_app(
-        package,
+        plan,
         on_load_failed=on_load_failed,
         on_ready=lambda a: _ready_line(a, url, started),
         ui=with_ui,
@@ -249,10 +273,14 @@ def serve(
     _exit_now_if_threads_linger()
 
 
-def _serve_reload(path: Path, host: str, port: int, log_level: str) -> None:
-    root = Path(path).resolve()
+def _serve_reload(
+    paths: list[Path], models_file: Path | None, host: str, port: int, log_level: str
+) -> None:
+    roots = [Path(p).resolve() for p in paths or model_paths(models_file)]
     bind(host, port).close()  # a taken port is one line here too
-    os.environ[PACKAGE_ENV] = str(root)
+    os.environ[PACKAGE_ENV] = os.pathsep.join(str(root) for root in roots)
+    if models_file is not None:
+        os.environ[MODELS_ENV] = str(Path(models_file).resolve())
     os.environ["IMPASTO_LOG_LEVEL"] = str(getattr(log_level, "value", log_level))
     uvicorn.run(
         "impasto.cli.serve:reload_app",
@@ -260,7 +288,7 @@ def _serve_reload(path: Path, host: str, port: int, log_level: str) -> None:
         host=host,
         port=port,
         reload=True,
-        reload_dirs=[str(root)],
+        reload_dirs=[str(root) for root in roots],
         reload_includes=["*.py", "*.yaml", "*.yml"],
         log_config=None,
     )

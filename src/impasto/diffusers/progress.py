@@ -74,15 +74,23 @@ class StepHook:
         self.raise_if_all_cancelled()
         total = getattr(pipe, "num_timesteps", None) or self.total
         latents = kwargs.get("latents")
-        want_preview = (
-            self.preview_every > 0 and self.steps % self.preview_every == 0 and latents is not None
-        )
         for ctx, (start, _) in zip(self.contexts, self.spans, strict=True):
             if ctx.cancelled:
                 continue
+            every = _preview_every(ctx, self.preview_every, int(total))
+            want_preview = every > 0 and self.steps % every == 0 and latents is not None
             try:
                 preview = latent_preview(latents[start]) if want_preview else None
                 ctx.progress(self.steps, int(total), preview=preview)
             except Exception:  # a broken listener must not stop the others' images
                 log.exception("request %s: progress listener failed", ctx.request_id)
         return {}
+
+
+def _preview_every(ctx: RequestContext, default: int, total: int) -> int:
+    """Steps between previews: the package's ``preview_every``, or spread over the run when
+    the client asked for a number of them (OpenAI's ``partial_images``)."""
+    wanted = ctx.output.previews
+    if wanted <= 0:
+        return default
+    return max(1, total // (wanted + 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,6 +20,7 @@ from .. import __version__, logs
 from ..errors import ImpastoError
 from ..runner import Runner
 from .adapters import NativeAdapter, protocol_adapters
+from .auth import ApiKeyMiddleware, ApiKeys
 from .callpath import CallPath
 from .dialects import shared_routes
 from .errors import http_error, impasto_error, unhandled_error
@@ -28,6 +29,7 @@ from .middleware import RequestIdMiddleware
 from .openapi import DOCS_HTML, build_openapi, docs_assets
 from .registry import Models
 from .responses import FastJSONResponse
+from .results import ResultsConfig
 
 log = logging.getLogger("impasto.server")
 
@@ -44,6 +46,8 @@ class ServerSettings:
     # ``claims()`` on shared paths (see docs/architecture.md); after impasto's own.
     adapters: tuple[Callable[[CallPath], Any], ...] = ()
     redact: Callable[[str], str] | None = None  # secrets scrubbed from every log record
+    api_keys: ApiKeys | None = None  # keys every protocol's routes require (None: open)
+    results: ResultsConfig = field(default_factory=ResultsConfig)  # results served by URL
     ui: bool = False  # the playground at /ui (impasto.ui; needs the ui extra)
 
 
@@ -58,7 +62,7 @@ def create_app(
         models = Models(list(models))
     registry = models
     title = settings.model_name or registry.default.name
-    callpath = CallPath(registry)
+    callpath = CallPath(registry, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,14 +73,14 @@ def create_app(
             if not runner.ready:
                 if callback is not None:
                     callback()
-            elif settings.on_ready is not None and all(r.ready for r in registry):
-                settings.on_ready(app)
+            elif settings.on_ready is not None and all(registry.available(r) for r in registry):
+                settings.on_ready(app)  # every model that loads at start has
 
-        for runner in registry:
-            runner.start().add_done_callback(lambda _t, r=runner: loaded(r))
+        registry.start(loaded)
         try:
             yield
         finally:
+            await registry.pool.aclose()
             for runner in registry:
                 await runner.aclose()
             undo()
@@ -118,9 +122,20 @@ def create_app(
         *(route for adapter in adapters for route in adapter.routes()),
         *settings.extra_routes,
     ]
+    middleware = [Middleware(RequestIdMiddleware)]
+    if settings.api_keys:
+        owners = [a.unauthorized for a in adapters if hasattr(a, "unauthorized")]
+        middleware.append(
+            Middleware(
+                ApiKeyMiddleware,
+                keys=settings.api_keys,
+                unauthorized=_first(owners),
+                checks_its_own=("/ui",) if settings.ui else (),  # the page asks for the key
+            )
+        )
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=middleware,
         exception_handlers={
             ImpastoError: impasto_error,
             HTTPException: http_error,
@@ -137,3 +152,17 @@ def create_app(
 
         mount_ui(app, registry, auth=getattr(settings, "api_keys", None))
     return app
+
+
+def _first(owners: list[Callable[[Any, str], Response | None]]) -> Callable[[Any, str], Response]:
+    """A 401 in the shape of the first protocol that owns the path, else impasto's own."""
+
+    def unauthorized(scope: Any, message: str) -> Response:
+        for owner in owners:
+            response = owner(scope, message)
+            if response is not None:
+                return response
+        body = {"error": {"type": "unauthorized", "message": message, "field": None}}
+        return FastJSONResponse(body, status_code=401)
+
+    return unauthorized

@@ -27,8 +27,9 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..calls import is_stream
 from ..context import Event, OutputPrefs
-from ..errors import ImpastoError
+from ..errors import ImpastoError, MalformedInput
 from ..prediction import Prediction
 from ..runner import Runner
 from ..spec import EndpointSpec
@@ -44,11 +45,17 @@ _NO_PREFS = OutputPrefs()
 
 class Inbound:
     """What an adapter read from one request: the payload; the client's output preferences;
-    ``events`` to stream the prediction's events (progress, previews, the result) instead of
-    waiting for it; ``gather`` to collect a streaming endpoint's chunks into one result;
-    ``size``, the body's bytes (large bodies validate in the input pool)."""
+    ``events`` to stream the prediction's events (progress, previews, log lines, the result)
+    instead of waiting for it, and ``chunk_events`` to have a streaming endpoint's chunks
+    come that way too (as ``output`` events) rather than through ``write_stream``;
+    ``gather`` to collect the chunks into one result should the output stream; ``size``, the
+    body's bytes (large bodies validate in the input pool); ``items``, several inputs
+    instead of one payload (KServe
+    ``instances``, a tensor batch, several images to edit): each becomes its own prediction,
+    run side by side (and batched together where the endpoint batches), and the adapter
+    writes their results as one :class:`Many`."""
 
-    __slots__ = ("events", "gather", "payload", "prefs", "size")
+    __slots__ = ("chunk_events", "events", "gather", "items", "payload", "prefs", "size")
 
     def __init__(
         self,
@@ -58,16 +65,24 @@ class Inbound:
         events: bool = False,
         gather: bool = False,
         size: int | None = None,
+        items: list[Any] | None = None,
+        chunk_events: bool = False,
     ) -> None:
         self.payload = payload
         self.prefs = prefs
         self.events = events
         self.gather = gather
         self.size = size
+        self.items = items
+        self.chunk_events = chunk_events
 
 
 class Gathered(list):
     """A streaming endpoint's chunks, gathered for a client that asked for one response."""
+
+
+class Many(list):
+    """The results of a request's several inputs (:attr:`Inbound.items`), in their order."""
 
 
 class Target:
@@ -120,8 +135,9 @@ def request_id(request: Request) -> str | None:
 class CallPath:
     """Runs one request through resolve, admit, read, decode, run and write."""
 
-    def __init__(self, models: Models) -> None:
+    def __init__(self, models: Models, settings: Any = None) -> None:
         self.models = models
+        self.settings = settings  # the server's settings, for adapters that need them
         self._watch = _DisconnectWatch()
 
     async def handle(
@@ -142,16 +158,19 @@ class CallPath:
                 runner.metrics.refused(runner.name, ep.name, exc.type)
             return adapter.write_error(request, exc)
         p.bind(asyncio.current_task())
+        p.ctx.request = request  # for model methods that take the request
         try:
             try:
                 inbound = await adapter.read(request, Target(request, runner, ep, p))
                 p.ctx.output = inbound.prefs
+                if inbound.items is not None:
+                    return await self._many(request, adapter, runner, p, inbound)
                 value = await runner.decode(p, inbound.payload, size=inbound.size)
-                if inbound.events and not ep.streams:
+                if inbound.events and (not ep.streams or inbound.chunk_events):
                     p.bind(None)
                     events = self.events(runner, p, value)
                     return closing(adapter.write_events(request, p, events), events)
-                result = await self._run(request, runner, p, value, ep.streams and inbound.gather)
+                result = await self._run(request, runner, p, value, inbound.gather)
             except asyncio.CancelledError:
                 if not p.aborted:  # the server itself is canceling this task
                     p.ctx.cancel("disconnected")
@@ -160,7 +179,7 @@ class CallPath:
                 uncancel()
                 raise p.ctx.error() from None
             p.bind(None)
-            if ep.streams and not inbound.gather:
+            if is_stream(result):  # a streaming endpoint, or a generator the model returned
                 return closing(adapter.write_stream(request, p, result), result)
             p.ctx.timings["total"] = time.monotonic() - p.ctx.created  # until the output
             response = await adapter.write_result(request, p, result)
@@ -177,6 +196,90 @@ class CallPath:
         finally:
             p.bind(None)
 
+    async def _many(
+        self, request: Request, adapter: Adapter, runner: Runner, p: Prediction, inbound: Inbound
+    ) -> Response:
+        """Several inputs of one request, each its own prediction (``p`` is the first): all
+        admitted before any is decoded, run side by side, written together. The first
+        error ends the request: the others are canceled and the error is written."""
+        items = inbound.items or []
+        limit = runner.config.runtime.max_request_items
+        if not items or len(items) > limit or inbound.events:
+            why = "no inputs" if not items else f"{len(items)} inputs"
+            if inbound.events and items:
+                raise MalformedInput("a streamed response takes one input", field="body")
+            raise MalformedInput(
+                f"the request holds {why}; send 1 to {limit} (runtime.max_request_items)",
+                field="body",
+            )
+        endpoint = runner.spec.endpoints[p.endpoint]
+        preds = [p]
+        try:
+            for i in range(1, len(items)):
+                q = runner.admit(endpoint, request_id=f"{p.id}-{i}", output=inbound.prefs)
+                preds.append(q)
+        except ImpastoError as exc:
+            for q in preds[1:]:
+                q.finish(exc)
+            raise
+        p.bind(None)  # each prediction is bound to its own task from here
+        tasks = [
+            asyncio.create_task(self._one(runner, q, item, endpoint.streams))
+            for q, item in zip(preds, items, strict=True)
+        ]
+        self._watch.add(p, request)  # the client leaving aborts p, and so all of them
+        try:
+            results = Many(await asyncio.gather(*tasks))
+        except asyncio.CancelledError:  # the server is canceling this request's task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        except ImpastoError as exc:  # one failed: the others are canceled, the error written
+            reason = "disconnected" if p.ctx.cancel_reason == "disconnected" else "canceled"
+            for q in preds:
+                q.abort(reason)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for q in preds:
+                q.finish(exc)
+            raise
+        finally:
+            self._watch.discard(p)
+        p.ctx.timings["total"] = time.monotonic() - p.ctx.created
+        response = await adapter.write_result(request, p, results)
+        for q, result in zip(preds, results, strict=True):
+            q.succeed(result)
+        return response
+
+    async def _one(self, runner: Runner, q: Prediction, item: Any, gather: bool) -> Any:
+        """One input of several: decoded and run in this task; ``q`` ends here if it fails."""
+        q.bind(asyncio.current_task())
+        try:
+            try:
+                value = await runner.decode(q, item)
+                result = await runner.run(q, value)
+                if gather:
+                    async with contextlib.aclosing(result):
+                        return Gathered([chunk async for chunk in result])
+                return result
+            except asyncio.CancelledError:
+                if not q.aborted:
+                    q.ctx.cancel("disconnected")
+                    q.finish(q.ctx.error())
+                    raise
+                uncancel()
+                raise q.ctx.error() from None
+        except ImpastoError as exc:
+            q.finish(exc)
+            raise
+        except Exception as exc:
+            log.exception("request %s: unhandled error", q.id)
+            error = ImpastoError(f"internal server error ({type(exc).__name__})")
+            q.finish(error)
+            raise error from exc
+        finally:
+            q.bind(None)
+
     async def _run(
         self, request: Request, runner: Runner, p: Prediction, value: Any, gather: bool
     ) -> Any:
@@ -184,7 +287,9 @@ class CallPath:
         self._watch.add(p, request)
         try:
             result = await runner.run(p, value)
-            if gather:  # drained while the client waits: leaving cancels it too
+            if gather and is_stream(
+                result
+            ):  # drained while the client waits: leaving cancels it too
                 async with contextlib.aclosing(result):
                     return Gathered([chunk async for chunk in result])
             return result
@@ -228,7 +333,7 @@ async def execute(
             uncancel()
             raise p.ctx.error() from None
         p.bind(None)
-        if runner.spec.endpoints[p.endpoint].streams:  # its chunks go out as output events
+        if is_stream(result):  # its chunks go out as output events
             async with contextlib.aclosing(result):
                 async for _ in result:
                     pass

@@ -1,7 +1,9 @@
 """Liveness, readiness and schema routes, for one model or several (impasto's dialect).
 
 ``GET /`` and ``/health/live`` answer while the process runs; ``/health/ready`` once every
-model is loaded (503 naming the ones that are not, with their state); ``GET
+model is available (loaded, or lazy: loaded by its first request) and none's
+``is_healthy()`` says otherwise, with each model's state, or 503 naming the ones that are
+not; ``GET
 /v1/models/{name}`` (and ``/loaded``) is one model's readiness, ``/schema`` its default
 endpoint's input and output schemas.
 """
@@ -26,9 +28,17 @@ def not_ready(runner: Runner) -> Response:
         message = f"model {runner.name} failed to load: {runner.load_error}"
     elif runner.closing:
         message = f"model {runner.name} is shutting down"
+    elif runner.ready:
+        message = f"model {runner.name} is not healthy (its is_healthy() said so)"
     else:
         message = f"model {runner.name} is not ready (state: {runner.state})"
     return error_response(NotReady(message, headers={"Retry-After": "1"}))
+
+
+def _state(models: Models, runner: Runner) -> str:
+    """The registry's state of a model, or ``unhealthy`` for a loaded one that says so."""
+    state = models.state(runner)
+    return "unhealthy" if state == "ready" else state
 
 
 def health_routes(models: Models) -> tuple[list[Route], list[Claim]]:
@@ -42,20 +52,23 @@ def health_routes(models: Models) -> tuple[list[Route], list[Claim]]:
         return FastJSONResponse({"status": "alive"})
 
     async def ready(request: Request) -> Response:
-        waiting = [r for r in models if not r.ready or r.closing]
+        waiting = [r for r in models if not models.available(r) or await r.healthy() is False]
         if waiting:
             if len(models) == 1:
                 return not_ready(waiting[0])
-            states = {r.name: "shutting_down" if r.closing else r.state for r in waiting}
-            listed = ", ".join(f"{name} ({state})" for name, state in states.items())
+            listed = ", ".join(f"{r.name} ({_state(models, r)})" for r in waiting)
             return error_response(NotReady(f"not ready: {listed}", headers={"Retry-After": "1"}))
         if len(models) == 1:
-            return FastJSONResponse({"status": "ready", "model": models.default.name})
-        return FastJSONResponse({"status": "ready", "models": models.names})
+            runner = models.default
+            return FastJSONResponse(
+                {"status": "ready", "model": runner.name, "state": models.state(runner)}
+            )
+        states = {r.name: models.state(r) for r in models}
+        return FastJSONResponse({"status": "ready", "models": states})
 
     async def model_ready(request: Request) -> Response:
         runner = models.get(request.path_params["model_name"])
-        return FastJSONResponse({}) if runner.ready and not runner.closing else not_ready(runner)
+        return FastJSONResponse({}) if models.available(runner) else not_ready(runner)
 
     async def schema(request: Request) -> Response:
         runner = models.get(request.path_params["model_name"])

@@ -25,8 +25,9 @@ import httpx
 from .. import __version__
 from ..context import Event
 from ..errors import ImpastoError, Unreachable
+from ..inprocess import aborts_as_errors
 from ..prediction import Prediction
-from ..runner import Runner, aborts_as_errors
+from ..runner import Runner
 from .describe import EndpointView, ModelView, endpoint_view, views_from_openapi
 from .snippets import Upload
 

@@ -12,14 +12,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .cog import CogAdapter
+from .kserve_v1 import KServeV1Adapter
 from .native import NativeAdapter
 from .octoai import OctoAIAdapter
+from .oip import OIPAdapter
+from .openai import OpenAIAdapter
 from .sagemaker import SageMakerAdapter
+from .truss import TrussAdapter
 
 
 def protocol_adapters() -> list[Callable[[Any], Any]]:
     """The protocol adapters every server serves, after impasto's own."""
-    return [SageMakerAdapter, OctoAIAdapter]
+    return [
+        TrussAdapter,
+        SageMakerAdapter,
+        OctoAIAdapter,
+        OpenAIAdapter,
+        OIPAdapter,
+        KServeV1Adapter,
+        CogAdapter,
+    ]
 
 
-__all__ = ["NativeAdapter", "protocol_adapters"]
+__all__ = ["NativeAdapter", "TrussAdapter", "protocol_adapters"]

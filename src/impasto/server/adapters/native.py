@@ -86,6 +86,8 @@ class NativeAdapter:
     async def read(self, request: Request, target: Target) -> Inbound:
         config = target.runner.config
         endpoint = target.endpoint
+        if not endpoint.reads_body:  # the model reads it from the request itself
+            return Inbound(None, output_prefs(request, None, ()), gather=_gathers(request))
         payload, size = await read_payload(
             request,
             max_body=config.runtime.max_body_bytes,
@@ -100,7 +102,7 @@ class NativeAdapter:
             payload,
             prefs,
             events=not endpoint.streams and wants(prefs.accept, "text/event-stream"),
-            gather=endpoint.streams and (prefs.accept or "").strip() == "application/json",
+            gather=(prefs.accept or "").strip() == "application/json",
             size=size,
         )
 
@@ -162,6 +164,10 @@ class NativeAdapter:
 
     def write_error(self, request: Request, error: ImpastoError) -> Response:
         return error_response(error)
+
+
+def _gathers(request: Request) -> bool:
+    return (request.headers.get("accept") or "").strip() == "application/json"
 
 
 async def _event_frame(event: Event, media: Any) -> bytes:
