@@ -89,6 +89,8 @@ def zero_code_tiny(root: Path, model: str = "tiny-sd:latest") -> Path:
 
 EXAMPLES = REPO / "examples"
 GPU_PACKAGE = PACKAGES / "build_gpu"
+TRUSS_PACKAGE = PACKAGES / "truss_stages"  # config.yaml as Truss's own tooling writes it
+TRUSS_SHARED = PACKAGES / "echo"  # a Truss model with external_package_dirs: [../shared_lib]
 
 _wheel_dir: list[Path] = []
 

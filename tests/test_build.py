@@ -14,6 +14,8 @@ import pytest
 from build_helpers import (
     EXAMPLES,
     GPU_PACKAGE,
+    TRUSS_PACKAGE,
+    TRUSS_SHARED,
     check_golden,
     impasto_wheelhouse,
     octoai_folder,
@@ -69,6 +71,8 @@ CASES = {
     "sm-folder": (None, BuildOptions()),
     "octo-service": (None, BuildOptions(base_image="localhost/impasto-base:bookworm")),
     "tiny-zero": (None, BuildOptions(ui=True)),
+    "truss-stages": (TRUSS_PACKAGE, BuildOptions()),
+    "truss-shared": (TRUSS_SHARED, BuildOptions()),
 }
 
 
@@ -85,7 +89,9 @@ def test_dockerfile_golden_and_hadolint_clean(name, store, folders):
 def test_each_kind_is_recognised_without_importing_its_code(store, folders):
     kinds = {name: build_spec(folders[name]).kind for name in folders}
     assert kinds == {"sm-folder": "sagemaker", "octo-service": "octoai", "tiny-zero": "diffusers"}
-    assert build_spec(EXAMPLES / "image-tools").kind == "custom"
+    assert build_spec(EXAMPLES / "image-tools").kind == "custom"  # @impasto.endpoint too
+    assert build_spec(TRUSS_PACKAGE).kind == "truss" and build_spec(TRUSS_SHARED).kind == "truss"
+    assert build_spec(EXAMPLES / "tiny-sd").kind == "diffusers"
     sm = build_spec(folders["sm-folder"])
     assert sm.package_dir == "/opt/ml/model" and sm.root_user  # SageMaker runs images as root
     assert "USER" not in render_dockerfile(sm)
@@ -250,8 +256,12 @@ def test_only_one_build_module_runs_programs():
     assert running == ["shell.py"]
 
 
+SEED_FOLDERS = {"truss-stages": TRUSS_PACKAGE, "truss-shared": TRUSS_SHARED}
+
+
 @pytest.mark.parametrize(
-    "name", ["tiny-sd", "tiny-svd", "image-tools", "sm-folder", "octo-service"]
+    "name",
+    ["tiny-sd", "tiny-svd", "image-tools", "sm-folder", "octo-service", "tiny-zero", *SEED_FOLDERS],
 )
 def test_every_example_and_seed_folder_builds_all_three_formats(name, tmp_path, store, folders):
     import tarfile
@@ -259,7 +269,7 @@ def test_every_example_and_seed_folder_builds_all_three_formats(name, tmp_path, 
     from impasto.build.k8s import K8sOptions
     from impasto.build.targets import container_context, k8s_manifests, sagemaker_archive
 
-    path = folders.get(name) or EXAMPLES / name
+    path = folders.get(name) or SEED_FOLDERS.get(name) or EXAMPLES / name
     wheels = impasto_wheelhouse()
     options = BuildOptions(wheelhouse=True)
     result = container_context(path, tmp_path / "ctx", options, wheelhouse=wheels)
@@ -269,13 +279,44 @@ def test_every_example_and_seed_folder_builds_all_three_formats(name, tmp_path, 
     with tarfile.open(archive) as tar:
         members = tar.getnames()
     assert "code/inference.py" in members
-    assert not any(m.split("/")[0] == name for m in members)  # no top folder
+    assert not any(m.split("/")[0] == path.name for m in members)  # no top folder
     _, files = k8s_manifests(path, tmp_path / "k8s", options, K8sOptions(kserve=True))
     assert sorted(f.name for f in files) == [
         "deployment.yaml",
         "inferenceservice.yaml",
         "service.yaml",
     ]
+
+
+def test_external_package_dirs_go_where_config_yaml_expects_them(tmp_path, store):
+    """``../shared_lib`` of a package at /app is /shared_lib in the image; the context holds
+    it apart from the package, so config.yaml is copied unchanged."""
+    from impasto.build.targets import container_context
+
+    spec = build_spec(TRUSS_SHARED)
+    ((slot, target),) = [(d.slot, d.image_path) for d in spec.external]
+    assert (slot, target) == ("0-shared_lib", "/shared_lib")
+    dockerfile = render_dockerfile(spec)
+    assert f"COPY external/{slot}/ /shared_lib/" in dockerfile
+    assert dockerfile.index("/shared_lib/") < dockerfile.index("COPY package/ /app/")
+    ctx = container_context(TRUSS_SHARED, tmp_path / "ctx", BuildOptions()).context
+    assert (ctx / "external" / slot / "extlib.py").is_file()
+    assert (ctx / "package" / "config.yaml").read_text() == (
+        TRUSS_SHARED / "config.yaml"
+    ).read_text()
+
+    inside = tmp_path / "pkg"
+    shutil.copytree(TRUSS_SHARED, inside)
+    shutil.copytree(TRUSS_SHARED.parent / "shared_lib", inside / "lib")
+    (inside / "config.yaml").write_text(
+        (inside / "config.yaml").read_text().replace("../shared_lib", "./lib")
+    )
+    assert build_spec(inside).external == ()  # inside the package: copied with it
+    usr = os.path.relpath("/usr", inside)  # /app/../../usr in the image: /usr
+    for entry, message in [("../nowhere", "not a folder"), (usr, "system folder")]:
+        (inside / "config.yaml").write_text(f"external_package_dirs: [{entry}]\n")
+        with pytest.raises(ConfigError, match=message):
+            build_spec(inside)
 
 
 def test_cli_refuses_options_of_another_format(tmp_path):

@@ -21,6 +21,7 @@ from PIL import Image
 
 from build_helpers import (
     EXAMPLES,
+    TRUSS_SHARED,
     impasto_wheelhouse,
     octoai_folder,
     sagemaker_folder,
@@ -197,6 +198,27 @@ def test_custom_and_octoai_packages_archive_with_the_shim(home, tmp_path):
         data = shim.input_fn(json.dumps({"prompt": {"text": "abc"}}), "application/json")
         out = json.loads(shim.output_fn(shim.predict_fn(data, model), "application/json"))
         assert out  # the service's Image, JSON-encoded by impasto
+    finally:
+        model.close()
+
+
+def test_a_truss_package_archives_with_its_external_package_dirs(home, tmp_path):
+    """echo (Truss-shaped, ``external_package_dirs: [../shared_lib]``): the shared folder
+    travels inside the archive and config.yaml points at it there."""
+    import yaml
+
+    folder = extract(archive(TRUSS_SHARED, tmp_path / "echo.tar.gz"), tmp_path / "echo")
+    assert (folder / "external" / "0-shared_lib" / "extlib.py").is_file()
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["external_package_dirs"] == ["./external/0-shared_lib"]
+    assert config["environment_variables"] == {"ECHO_MODE": "loud"}  # the rest as it was
+    shim = load_shim(folder)
+    model = shim.model_fn(str(folder))
+    try:
+        data = shim.input_fn(json.dumps({"text": "hi"}), "application/json")
+        out = json.loads(shim.output_fn(shim.predict_fn(data, model), "application/json"))
+        assert out["shout"] == "HI" and out["suffix"] == "(from an external package dir)"
+        assert out["stages"] == ["preprocess", "predict", "postprocess"]
     finally:
         model.close()
 

@@ -10,6 +10,7 @@
     ├── requirements/         impasto.txt (impasto's dependencies, from its wheel),
     │                         config.txt (config.yaml's requirements), package.txt (its file)
     ├── store/NAME/VERSION/   model store versions the package names, with their manifests
+    ├── external/N-NAME/      external_package_dirs outside the package folder
     └── package/              the package folder (caches and VCS folders left out)
 
 Large files (weights, wheels) are hard-linked when the context is on the same filesystem,
@@ -135,6 +136,9 @@ def write_context(
             place(item.source / rel, dest / rel)
     for rel, path in package_files(root):
         place(path, out / "package" / rel)
+    for folder in spec.external:
+        for rel, path in package_files(folder.source):
+            place(path, out / "external" / folder.slot / rel)
     if spec.download_step and spec.bake and not (out / "package" / "config.yaml").is_file():
         (out / "package" / "config.yaml").write_text("{}\n")
     (out / "Dockerfile").write_text(render_dockerfile(spec))

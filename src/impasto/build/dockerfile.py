@@ -157,6 +157,9 @@ def render_dockerfile(spec: BuildSpec) -> str:
             f"COPY package/config.yaml {pkg}/config.yaml",
             f'RUN ["impasto", "setup", "{pkg}", "--download-only"]',
         ]
+    if spec.external:
+        out += ["", "# external_package_dirs, where config.yaml expects them"]
+        out += [f"COPY external/{d.slot}/ {d.image_path}/" for d in spec.external]
     out += ["", "# the package", f"COPY package/ {pkg}/"]
     if spec.setup:
         out.append(f'RUN ["impasto", "setup", "{pkg}"]')

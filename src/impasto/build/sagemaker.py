@@ -7,6 +7,7 @@
     ├── unet/ vae/ ...
     ├── config.yaml         # the package (diffusers.model: "." -- the pipeline beside it)
     ├── model/ data/ ...
+    ├── external/N-NAME/    external_package_dirs outside the package (config.yaml points here)
     └── code/
         ├── inference.py    # the shim: impasto's runtime behind model_fn/input_fn/...
         ├── requirements.txt
@@ -34,6 +35,7 @@ from .context import package_files
 from .spec import BuildSpec, read_config, requirement_lines, requirements_file
 
 CODE = "code"
+EXTERNAL = "external"
 
 
 def render_shim(spec: BuildSpec) -> str:
@@ -65,12 +67,20 @@ def render_requirements(spec: BuildSpec, lines: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def rooted_config(config_text: str | None) -> str:
-    """config.yaml with ``diffusers.model`` pointing at the archive's root."""
+def rooted_config(config_text: str | None, spec: BuildSpec, pipeline: bool) -> str:
+    """config.yaml for the archive: ``diffusers.model`` pointing at the archive's root (with
+    a pipeline), ``external_package_dirs`` outside the package at their copies under
+    ``external/``."""
     data = yaml.safe_load(config_text or "") or {}
-    data.setdefault("diffusers", {})["model"] = "."
-    head = "# diffusers.model is this folder: the pipeline files sit beside this config\n"
-    return head + yaml.safe_dump(data, sort_keys=False)
+    head = []
+    if pipeline:
+        data.setdefault("diffusers", {})["model"] = "."
+        head.append("# diffusers.model is this folder: the pipeline files sit beside this config")
+    if spec.external:
+        moved = {d.entry: f"./{EXTERNAL}/{d.slot}" for d in spec.external}
+        data["external_package_dirs"] = [moved.get(e, e) for e in data["external_package_dirs"]]
+        head.append(f"# external_package_dirs outside the package are copied under {EXTERNAL}/")
+    return "".join(f"{line}\n" for line in head) + yaml.safe_dump(data, sort_keys=False)
 
 
 def members(
@@ -98,12 +108,20 @@ def members(
             )
         if rel in names:
             raise BuildError(f"{rel} is both a pipeline file and a package file")
-        if rel == "config.yaml" and pipeline is not None:
-            yield rel, rooted_config(path.read_text()).encode()
+        if rel.split("/", 1)[0] == EXTERNAL and spec.external:
+            raise BuildError(
+                f"{root / EXTERNAL} exists: the archive keeps external_package_dirs there; "
+                "rename the package's external/ folder"
+            )
+        if rel == "config.yaml" and (pipeline is not None or spec.external):
+            yield rel, rooted_config(path.read_text(), spec, pipeline is not None).encode()
             continue
         yield rel, path
     if pipeline is not None and not (root / "config.yaml").is_file():
-        yield "config.yaml", rooted_config(None).encode()
+        yield "config.yaml", rooted_config(None, spec, True).encode()
+    for folder in spec.external:
+        for rel, path in package_files(folder.source):
+            yield f"{EXTERNAL}/{folder.slot}/{rel}", path
     yield f"{CODE}/inference.py", render_shim(spec).encode()
     yield f"{CODE}/requirements.txt", render_requirements(spec, _lines(root, config)).encode()
     yield f"{CODE}/{wheel.name}", wheel

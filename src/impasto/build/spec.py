@@ -8,8 +8,10 @@ store (which store versions to export). Everything after it is pure: the rendere
 
 from __future__ import annotations
 
+import ast
 import logging
 import math
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ DEFAULT_STARTUP_S = 600.0
 KINDS = {
     "diffusers": "diffusers package",
     "custom": "custom model package",
+    "truss": "Truss package",
     "sagemaker": "SageMaker model folder",
     "octoai": "OctoAI-style service",
 }
@@ -75,6 +78,18 @@ class StoredWeights:
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class ExternalDir:
+    """An ``external_package_dirs`` entry outside the package folder: copied into the
+    context as ``external/<slot>/`` and into the image where the entry points from the
+    package folder (``../shared_lib`` from /app: /shared_lib), so config.yaml holds as is."""
+
+    entry: str
+    slot: str
+    image_path: str
+    source: Path = field(compare=False)
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ class BuildSpec:
     secrets_dir: str
     description: str | None = None
     port: int = PORT
+    external: tuple[ExternalDir, ...] = ()  # external_package_dirs outside the package
 
     @property
     def label(self) -> str:
@@ -159,13 +175,42 @@ def image_name(name: str) -> str:
 
 
 def package_kind(root: Path, config: PackageConfig) -> str:
-    """Which kind of package ``root`` is, from file names and config alone: ``sagemaker``,
-    ``octoai``, ``diffusers`` (a ``diffusers:`` section, with or without a model.py) or
-    ``custom``."""
+    """Which kind of package ``root`` is, from file names, config and the model module's
+    syntax alone: ``sagemaker``, ``octoai``, ``diffusers`` (a ``diffusers:`` section, with
+    or without a model.py), ``truss`` (a model class written for Truss) or ``custom``."""
     fmt = detect_format(root)
     if fmt is not None:
         return fmt.name
-    return "diffusers" if config.diffusers is not None else "custom"
+    if config.diffusers is not None:
+        return "diffusers"
+    return "truss" if truss_shaped(root, config) else "custom"
+
+
+def truss_shaped(root: Path, config: PackageConfig) -> bool:
+    """Whether the model class is written for Truss: it has its own ``predict`` (or
+    ``websocket``) and its module never imports impasto. Parsed, never imported."""
+    model_py = root / config.model_module_dir / config.model_class_filename
+    try:
+        tree = ast.parse(model_py.read_text(encoding="utf-8"), str(model_py))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        if any(name == "impasto" or name.startswith("impasto.") for name in names):
+            return False
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == config.model_class_name:
+            methods = {
+                item.name
+                for item in node.body
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+            }
+            return bool(methods & {"predict", "websocket"})
+    return False
 
 
 def uses_diffusers(root: Path, config: PackageConfig, kind: str) -> bool:
@@ -188,6 +233,34 @@ def _uses_torch(config: PackageConfig, extras: list[str]) -> bool:
         re.split(r"[\s<>=!~\[;@]", r.strip(), maxsplit=1)[0].lower() for r in config.requirements
     ]
     return "diffusers" in extras or "torch" in names
+
+
+def external_dirs(root: Path, config: PackageConfig, package_dir: str) -> list[ExternalDir]:
+    """The ``external_package_dirs`` entries outside ``root`` (those inside it are package
+    files already), checked to exist."""
+    found = []
+    for number, entry in enumerate(config.external_package_dirs):
+        folder = (root / entry).resolve()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"external_package_dirs: {entry!r} resolves to {folder}, which is not a folder",
+                field="external_package_dirs",
+            )
+        if folder.is_relative_to(root):
+            continue
+        target = posixpath.normpath(posixpath.join(package_dir, entry))
+        if target == "/" or target.split("/")[1] in _SYSTEM_DIRS:
+            raise ConfigError(
+                f"external_package_dirs: {entry!r} lands on {target} in the image, a system "
+                "folder; keep shared code beside the package (e.g. ../shared_lib)",
+                field="external_package_dirs",
+            )
+        slot = f"{number}-{image_name(folder.name)}"
+        found.append(ExternalDir(entry, slot, target, folder))
+    return found
+
+
+_SYSTEM_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib64", "proc", "sbin", "sys", "usr"}
 
 
 def read_config(root: Path) -> PackageConfig:
@@ -307,6 +380,8 @@ def build_spec(
     startup = (runtime.load_timeout_s + 60) if runtime.load_timeout_s else DEFAULT_STARTUP_S
     setup = options.setup if options.setup is not None else not gpu
     version = str(config.model_metadata.get("version") or "latest")
+    package_dir = SAGEMAKER_DIR if kind == "sagemaker" else APP_DIR
+    external = external_dirs(root, config, package_dir)
     return BuildSpec(
         name=name,
         kind=kind,
@@ -325,7 +400,7 @@ def build_spec(
         apt_packages=tuple(config.system_packages),
         requirements_files=tuple(files),
         build_commands=tuple(config.build_commands),
-        package_dir=SAGEMAKER_DIR if kind == "sagemaker" else APP_DIR,
+        package_dir=package_dir,
         root_user=kind == "sagemaker",
         environment=tuple(env),
         stored=tuple(stored) if options.bake else (),
@@ -340,6 +415,7 @@ def build_spec(
         secrets=tuple(config.secrets),
         secrets_dir=config.secrets_dir or DEFAULT_SECRETS_DIR,
         description=config.description,
+        external=tuple(external),
     )
 
 
