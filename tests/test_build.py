@@ -137,6 +137,17 @@ def test_the_spec_reads_resources_python_and_rejects_what_cannot_build(tmp_path,
         build_spec(bad)
     assert build_spec(bad, BuildOptions(base_image="my/cuda:1")).base_image == "my/cuda:1"
 
+    # Truss's base_image: the image, and where its Python is
+    (bad / "config.yaml").write_text(
+        "base_image: {image: my/conda:1, python_executable_path: /opt/conda/bin/python}\n"
+    )
+    conda = build_spec(bad)
+    assert (conda.base_image, conda.python) == ("my/conda:1", "/opt/conda/bin/python")
+    assert "RUN /opt/conda/bin/python -m venv /opt/venv" in render_dockerfile(conda)
+    (bad / "config.yaml").write_text("base_image: {image: x, python_executable_path: 'py; ls'}\n")
+    with pytest.raises(ConfigError, match="python_executable_path"):
+        build_spec(bad)
+
 
 def test_entrypoint_drops_a_leading_serve_and_passes_the_rest(tmp_path, store):
     """The rendered script run by sh with a stand-in `impasto` that prints its arguments."""

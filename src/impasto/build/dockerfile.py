@@ -108,7 +108,7 @@ def render_dockerfile(spec: BuildSpec) -> str:
     out.append(f"COPY requirements/ {REQUIREMENTS}/")
     for name in spec.requirements_files:
         pip += ["-r", f"{REQUIREMENTS}/{name}"]
-    out.append(_run([f"python3 -m venv {VENV}", " ".join(shlex.quote(a) for a in pip)]))
+    out.append(_run([f"{spec.python} -m venv {VENV}", " ".join(shlex.quote(a) for a in pip)]))
 
     out += ["", "FROM base"]
     owner = "" if spec.root_user else f"--chown={UID}:{UID} "

@@ -130,6 +130,7 @@ class BuildSpec:
     description: str | None = None
     port: int = PORT
     external: tuple[ExternalDir, ...] = ()  # external_package_dirs outside the package
+    python: str = "python3"  # the base image's interpreter (base_image.python_executable_path)
 
     @property
     def label(self) -> str:
@@ -416,6 +417,7 @@ def build_spec(
         secrets_dir=config.secrets_dir or DEFAULT_SECRETS_DIR,
         description=config.description,
         external=tuple(external),
+        python=_configured_python(config) if not options.base_image else "python3",
     )
 
 
@@ -423,3 +425,18 @@ def _configured_base(config: PackageConfig) -> str | None:
     base = config.base_image or {}
     image = base.get("image") if isinstance(base, dict) else None
     return str(image) if image else None
+
+
+def _configured_python(config: PackageConfig) -> str:
+    """``base_image.python_executable_path`` (Truss's key for a base image whose Python is
+    not ``python3`` on the PATH), checked to be an absolute path."""
+    base = config.base_image or {}
+    path = base.get("python_executable_path") if isinstance(base, dict) else None
+    if not path:
+        return "python3"
+    if not re.fullmatch(r"/[\w./+-]+", str(path)):
+        raise ConfigError(
+            f"base_image.python_executable_path: {path!r} is not an absolute path",
+            field="base_image.python_executable_path",
+        )
+    return str(path)
