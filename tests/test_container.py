@@ -2,9 +2,11 @@
 no network at all (the weights must come from the image) and asked for an image from inside
 the container, then run with a published loopback port and asked over HTTP by the test.
 
+Then a Truss package (echo, with an external package dir) built and asked the same way.
+
 Run alone with `pytest -m container`. The base image (debootstrap) and the wheelhouse (`pip
-download`) are made once per machine; podman's layer cache makes a rebuild of unchanged
-code take seconds.
+download`) are made once per machine; podman's layer cache keeps the venv stage, so a
+rebuild after a code change only redoes impasto's layer, the package and `impasto setup`.
 """
 
 from __future__ import annotations
@@ -19,26 +21,31 @@ from pathlib import Path
 import httpx
 import pytest
 
-from build_helpers import EXAMPLES, impasto_wheelhouse
+from build_helpers import EXAMPLES, TRUSS_SHARED, impasto_wheelhouse
 from conftest import free_port
 from container_helpers import ensure_base_image, podman, wheelhouse
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
 
 TAG = "localhost/impasto-tests/tiny-sd:ci"
+TRUSS_TAG = "localhost/impasto-tests/echo:ci"
 REQUIREMENTS = ["torch==2.13.0"]  # the local CPU wheel; the rest come from impasto's extras
 
 PROBE = """
 import json, sys, urllib.error, urllib.request
 url = "http://127.0.0.1:8080" + sys.argv[1]
 body = sys.argv[2].encode() if len(sys.argv) > 2 else None
+accept = sys.argv[3] if len(sys.argv) > 3 else "image/png"
 req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json",
-                                                       "Accept": "image/png"})
+                                                       "Accept": accept})
 try:
     with urllib.request.urlopen(req, timeout=120) as r:
         data = r.read()
-        print(json.dumps({"status": r.status, "type": r.headers["Content-Type"],
-                          "size": len(data), "png": data[:8] == b"\\x89PNG\\r\\n\\x1a\\n"}))
+        found = {"status": r.status, "type": r.headers["Content-Type"], "size": len(data),
+                 "png": data[:8] == b"\\x89PNG\\r\\n\\x1a\\n"}
+        if accept == "application/json":
+            found["json"] = json.loads(data)
+        print(json.dumps(found))
 except urllib.error.HTTPError as e:
     print(json.dumps({"status": e.code, "body": e.read()[:300].decode("utf-8", "replace")}))
 except OSError as e:
@@ -46,41 +53,38 @@ except OSError as e:
 """
 
 
-def inside(container: str, path: str, body: dict | None = None) -> dict:
+def inside(container: str, path: str, body: dict | None = None, accept: str = "") -> dict:
     """A request made by Python inside the container, to the server inside it."""
     args = ["exec", container, "python3", "-c", PROBE, path]
     if body is not None:
         args.append(json.dumps(body))
+        if accept:
+            args.append(accept)
     done = podman(*args, timeout=180, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def wait_until(check, timeout: float, what: str, logs) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_until(check, timeout: float, what: str, logs) -> float:
+    """Poll ``check`` each second; the seconds it took to pass."""
+    started = time.monotonic()
+    while time.monotonic() < started + timeout:
         if check():
-            return
+            return time.monotonic() - started
         time.sleep(1)
     raise AssertionError(f"{what} within {timeout} s; container log:\n{logs()}")
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> str:
-    """The tiny-sd image, built by `impasto build --engine podman` (timed)."""
-    from impasto.diffusers import build_tiny_sd
-    from impasto.store import ModelStore
-
+def build_image(package: Path, tag: str, work: Path, home: Path) -> str:
+    """``impasto build PACKAGE --engine podman`` with the per-machine base image and
+    wheelhouse (timed)."""
     base = ensure_base_image()
-    work = tmp_path_factory.mktemp("container")
-    home = work / "home"
-    ModelStore(home).import_folder("tiny-sd:ci", build_tiny_sd(work / "weights", seed=0))
     wheels = wheelhouse(
         impasto_wheelhouse() / "impasto-0.1.0-py3-none-any.whl", REQUIREMENTS, work / "wheelhouse"
     )
-    cmd = [sys.executable, "-m", "impasto.cli.main", "build", str(EXAMPLES / "tiny-sd")]
+    cmd = [sys.executable, "-m", "impasto.cli.main", "build", str(package)]
     cmd += ["--out", str(work / "context"), "--wheelhouse", str(wheels), "--engine", "podman"]
-    cmd += ["--base-image", base, "--tag", TAG]
+    cmd += ["--base-image", base, "--tag", tag]
     started = time.monotonic()
     done = subprocess.run(
         cmd,
@@ -90,10 +94,31 @@ def image(tmp_path_factory) -> str:
         env={**os.environ, "IMPASTO_HOME": str(home)},
     )
     assert done.returncode == 0, f"{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
-    print(f"\nimage built in {time.monotonic() - started:.0f} s")
-    yield TAG
-    # superseded builds of impasto images (untagged now) go; the tagged one stays as cache
-    podman("image", "prune", "-f", "--filter", "label=dev.impasto.version", check=False)
+    print(f"\n{tag} built in {time.monotonic() - started:.0f} s")
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> str:
+    """The tiny-sd image, its weights from this machine's model store."""
+    from impasto.diffusers import build_tiny_sd
+    from impasto.store import ModelStore
+
+    work = tmp_path_factory.mktemp("container")
+    home = work / "home"
+    ModelStore(home).import_folder("tiny-sd:ci", build_tiny_sd(work / "weights", seed=0))
+    # Never `podman image prune` after it: the venv stage's image is untagged and no parent
+    # of the final image, so a prune drops the layer cache that makes the next build take
+    # seconds. What a code change adds (impasto's layer, the package, setup) is a few MB.
+    return build_image(EXAMPLES / "tiny-sd", TAG, work, home)
+
+
+@pytest.fixture(scope="module")
+def truss_image(image, tmp_path_factory) -> str:
+    """echo, a Truss package with ``external_package_dirs: [../shared_lib]`` (after the
+    tiny-sd image: its venv stage reuses the wheelhouse layer)."""
+    work = tmp_path_factory.mktemp("truss")
+    return build_image(TRUSS_SHARED, TRUSS_TAG, work, work / "home")
 
 
 class Container:
@@ -129,9 +154,10 @@ def test_image_config(image):
 def test_runs_with_no_network_and_answers_inside(image):
     box = Container("--network=none", image)
     try:
-        wait_until(
+        took = wait_until(
             lambda: inside(box.id, "/health/ready")["status"] == 200, 300, "not ready", box.logs
         )
+        print(f"\nready {took:.0f} s after podman run (no network)")
         reply = inside(box.id, "/text2img", {"prompt": "a red cat", "seed": 1})
         assert reply == {"status": 200, "type": "image/png", "size": reply["size"], "png": True}
         assert box.stop() == 0  # SIGTERM: drained, then a clean exit
@@ -151,7 +177,8 @@ def test_runs_with_a_published_port_and_sagemakers_serve_argument(image):
             except httpx.TransportError:
                 return False
 
-        wait_until(ready, 300, "not ready over the published port", box.logs)
+        took = wait_until(ready, 300, "not ready over the published port", box.logs)
+        print(f"\nready {took:.0f} s after podman run (published port)")
         reply = client.post(
             "/text2img", json={"prompt": "a cat", "seed": 2}, headers={"Accept": "image/png"}
         )
@@ -178,3 +205,23 @@ def test_context_layers_keep_weights_apart_from_code(image, tmp_path: Path):
     store = next(i for i, line in enumerate(lines) if "/var/lib/impasto/models/" in line)
     package = next(i for i, line in enumerate(lines) if "/app/" in line and "COPY" in line)
     assert store < package
+
+
+def test_a_truss_package_image_serves_with_its_shared_code(truss_image):
+    """No network: the Truss-shaped model answers its own route, importing from its bundled
+    packages/ and from ../shared_lib (copied to /shared_lib), with config.yaml's
+    environment."""
+    box = Container("--network=none", truss_image)
+    try:
+        wait_until(
+            lambda: inside(box.id, "/health/ready")["status"] == 200, 300, "not ready", box.logs
+        )
+        reply = inside(box.id, "/v1/models/model:predict", {"text": "hi"}, "application/json")
+        assert reply["status"] == 200, reply
+        out = reply["json"]
+        assert (out["shout"], out["suffix"]) == ("HI", "(from an external package dir)")
+        assert out["env_var"] == "loud" and out["greeting"]
+        assert out["stages"] == ["preprocess", "predict", "postprocess"]
+        assert box.stop() == 0
+    finally:
+        box.remove()
