@@ -310,7 +310,9 @@ def test_external_package_dirs_go_where_config_yaml_expects_them(tmp_path, store
     dockerfile = render_dockerfile(spec)
     assert f"COPY external/{slot}/ /shared_lib/" in dockerfile
     assert dockerfile.index("/shared_lib/") < dockerfile.index("COPY package/ /app/")
-    ctx = container_context(TRUSS_SHARED, tmp_path / "ctx", BuildOptions()).context
+    wheels = impasto_wheelhouse()
+    ctx = container_context(TRUSS_SHARED, tmp_path / "ctx", BuildOptions(), wheelhouse=wheels)
+    ctx = ctx.context
     assert (ctx / "external" / slot / "extlib.py").is_file()
     assert (ctx / "package" / "config.yaml").read_text() == (
         TRUSS_SHARED / "config.yaml"
@@ -331,7 +333,12 @@ def test_external_package_dirs_go_where_config_yaml_expects_them(tmp_path, store
 
 
 def test_cli_refuses_options_of_another_format(tmp_path):
-    base = [sys.executable, "-m", "impasto.cli.main", "build", str(EXAMPLES / "image-tools")]
+    """In process (typer's runner): each refusal is the CLI's own exit code and message."""
+    from typer.testing import CliRunner
+
+    from impasto.cli.main import app
+
+    base = ["build", str(EXAMPLES / "image-tools")]
     for extra, message in [
         (["--out", str(tmp_path / "a"), "--push"], "--push needs --engine"),
         (
@@ -341,5 +348,5 @@ def test_cli_refuses_options_of_another_format(tmp_path):
         (["--out", str(tmp_path / "c"), "--upload", "s3://b/k"], "--format sagemaker"),
         (["--out", str(tmp_path / "m.zip"), "--format", "sagemaker"], ".tar.gz"),
     ]:
-        done = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 14 and message in done.stderr, (extra, done.stderr)
+        done = CliRunner().invoke(app, base + extra)
+        assert done.exit_code == 14 and message in done.output, (extra, done.output)

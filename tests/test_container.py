@@ -122,6 +122,8 @@ def truss_image(image, tmp_path_factory) -> str:
 
 
 class Container:
+    port: int | None = None
+
     def __init__(self, *args: str) -> None:
         self.id = podman("run", "-d", *args, timeout=120).stdout.strip()
 
@@ -151,25 +153,38 @@ def test_image_config(image):
     assert "HF_HUB_OFFLINE=1" in config["Env"] and "IMPASTO_HOST=0.0.0.0" in config["Env"]
 
 
-def test_runs_with_no_network_and_answers_inside(image):
-    box = Container("--network=none", image)
-    try:
-        took = wait_until(
-            lambda: inside(box.id, "/health/ready")["status"] == 200, 300, "not ready", box.logs
-        )
-        print(f"\nready {took:.0f} s after podman run (no network)")
-        reply = inside(box.id, "/text2img", {"prompt": "a red cat", "seed": 1})
-        assert reply == {"status": 200, "type": "image/png", "size": reply["size"], "png": True}
-        assert box.stop() == 0  # SIGTERM: drained, then a clean exit
-    finally:
+@pytest.fixture(scope="module")
+def boxes(image, truss_image):
+    """The three containers the tests ask, started together so their loads overlap: tiny-sd
+    with no network, tiny-sd on a published loopback port (started as SageMaker starts
+    it, ``IMAGE serve``) and the Truss package with no network."""
+    port = free_port()
+    started = {
+        "offline": Container("--network=none", image),
+        "published": Container("-p", f"127.0.0.1:{port}:8080", image, "serve"),
+        "truss": Container("--network=none", truss_image),
+    }
+    started["published"].port = port
+    yield started
+    for box in started.values():
+        box.stop(5)
         box.remove()
 
 
-def test_runs_with_a_published_port_and_sagemakers_serve_argument(image):
-    port = free_port()
-    box = Container("-p", f"127.0.0.1:{port}:8080", image, "serve")  # as SageMaker starts it
-    try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+def test_runs_with_no_network_and_answers_inside(boxes):
+    box = boxes["offline"]
+    took = wait_until(
+        lambda: inside(box.id, "/health/ready")["status"] == 200, 300, "not ready", box.logs
+    )
+    print(f"\nready {took:.0f} s after the test began waiting (no network)")
+    reply = inside(box.id, "/text2img", {"prompt": "a red cat", "seed": 1})
+    assert reply == {"status": 200, "type": "image/png", "size": reply["size"], "png": True}
+    assert box.stop() == 0  # SIGTERM: drained, then a clean exit
+
+
+def test_runs_with_a_published_port_and_sagemakers_serve_argument(boxes):
+    box = boxes["published"]
+    with httpx.Client(base_url=f"http://127.0.0.1:{box.port}", timeout=120) as client:
 
         def ready() -> bool:
             try:
@@ -178,7 +193,7 @@ def test_runs_with_a_published_port_and_sagemakers_serve_argument(image):
                 return False
 
         took = wait_until(ready, 300, "not ready over the published port", box.logs)
-        print(f"\nready {took:.0f} s after podman run (published port)")
+        print(f"\nready {took:.0f} s after the test began waiting (published port)")
         reply = client.post(
             "/text2img", json={"prompt": "a cat", "seed": 2}, headers={"Accept": "image/png"}
         )
@@ -191,10 +206,6 @@ def test_runs_with_a_published_port_and_sagemakers_serve_argument(image):
             headers={"Accept": "image/png"},
         )
         assert toolkit.status_code == 200 and toolkit.content[:4] == b"\x89PNG"
-        client.close()
-    finally:
-        box.stop()
-        box.remove()
 
 
 def test_context_layers_keep_weights_apart_from_code(image, tmp_path: Path):
@@ -207,21 +218,16 @@ def test_context_layers_keep_weights_apart_from_code(image, tmp_path: Path):
     assert store < package
 
 
-def test_a_truss_package_image_serves_with_its_shared_code(truss_image):
+def test_a_truss_package_image_serves_with_its_shared_code(boxes):
     """No network: the Truss-shaped model answers its own route, importing from its bundled
     packages/ and from ../shared_lib (copied to /shared_lib), with config.yaml's
     environment."""
-    box = Container("--network=none", truss_image)
-    try:
-        wait_until(
-            lambda: inside(box.id, "/health/ready")["status"] == 200, 300, "not ready", box.logs
-        )
-        reply = inside(box.id, "/v1/models/model:predict", {"text": "hi"}, "application/json")
-        assert reply["status"] == 200, reply
-        out = reply["json"]
-        assert (out["shout"], out["suffix"]) == ("HI", "(from an external package dir)")
-        assert out["env_var"] == "loud" and out["greeting"]
-        assert out["stages"] == ["preprocess", "predict", "postprocess"]
-        assert box.stop() == 0
-    finally:
-        box.remove()
+    box = boxes["truss"]
+    wait_until(lambda: inside(box.id, "/health/ready")["status"] == 200, 300, "not ready", box.logs)
+    reply = inside(box.id, "/v1/models/model:predict", {"text": "hi"}, "application/json")
+    assert reply["status"] == 200, reply
+    out = reply["json"]
+    assert (out["shout"], out["suffix"]) == ("HI", "(from an external package dir)")
+    assert out["env_var"] == "loud" and out["greeting"]
+    assert out["stages"] == ["preprocess", "predict", "postprocess"]
+    assert box.stop() == 0
