@@ -85,7 +85,12 @@ def test_quick_run_writes_ratios(tmp_path) -> None:
     assert {(r["server"], r["concurrency"]) for r in overhead["rows"]} >= {
         ("baseline", 1),
         ("impasto", 64),
+        ("impasto, quiet", 16),
     }
+    # the quiet row is compared with the quiet baseline of the same concurrency
+    by = {(r["server"], r["concurrency"]): r for r in overhead["rows"]}
+    quiet, quiet_base = by[("impasto, quiet", 16)], by[("baseline, quiet", 16)]
+    assert quiet["rps_ratio"] == quiet["rps"] / quiet_base["rps"]
     for row in overhead["rows"]:
         assert row["rps"] > 0 and row["rps_ratio"] > 0
         assert row["errors"] == 0
