@@ -350,3 +350,67 @@ def test_cli_refuses_options_of_another_format(tmp_path):
     ]:
         done = CliRunner().invoke(app, base + extra)
         assert done.exit_code == 14 and message in done.output, (extra, done.output)
+
+
+def test_truss_external_data_is_fetched_by_setup_and_baked_by_the_download_step(tmp_path):
+    """Truss's ``external_data``: `impasto setup --download-only` fetches each url (here from
+    a file server on loopback) into the data folder, once; the image's download step does
+    it with config.yaml alone, in a package folder its user may write."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from typer.testing import CliRunner
+
+    from impasto.cli.main import app
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "weights.bin").write_bytes(b"\x00weights" * 1000)
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            hits.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(Handler, directory=str(served))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/weights.bin"
+    try:
+        package = tmp_path / "truss-data"
+        (package / "model").mkdir(parents=True)
+        (package / "model" / "model.py").write_text(
+            "class Model:\n    def predict(self, x):\n        return x\n"
+        )
+        (package / "config.yaml").write_text(
+            f"external_data:\n  - url: {url}\n    local_data_path: ckpt/weights.bin\n"
+        )
+        for _ in range(2):
+            done = CliRunner().invoke(app, ["setup", str(package), "--download-only"])
+            assert done.exit_code == 0, done.output
+            assert "1 download(s) in place" in done.output
+        assert (package / "data" / "ckpt" / "weights.bin").read_bytes() == b"\x00weights" * 1000
+        assert hits == ["/weights.bin"]  # one request: the second run kept the file
+
+        spec = build_spec(package)
+        assert spec.kind == "truss" and spec.downloads == (url,) and spec.data_downloads
+        dockerfile = render_dockerfile(spec)
+        assert "install -d -o 10001 -g 10001 /var/lib/impasto /app" in dockerfile
+        assert dockerfile.index('"--download-only"]') < dockerfile.index("COPY package/ /app/")
+
+        (package / "config.yaml").write_text(
+            f"external_data:\n  - url: {url}\n    local_data_path: ../../escape.bin\n"
+        )
+        done = CliRunner().invoke(app, ["setup", str(package), "--download-only"])
+        assert done.exit_code != 0 and "local_data_path" in done.output
+        (package / "config.yaml").write_text(
+            f"external_data:\n  - url: {url}.missing\n    local_data_path: other.bin\n"
+        )
+        done = CliRunner().invoke(app, ["setup", str(package), "--download-only"])
+        assert done.exit_code != 0 and "404" in done.output
+        assert not (package / "data" / "other.bin").exists()
+        assert not (package / "data" / "other.bin.partial").exists()
+    finally:
+        server.shutdown()

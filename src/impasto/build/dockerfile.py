@@ -124,7 +124,8 @@ def render_dockerfile(spec: BuildSpec) -> str:
     if not spec.root_user:
         prepare += [
             f"useradd --no-log-init --create-home --uid {UID} --user-group impasto",
-            f"install -d -o {UID} -g {UID} {HOME_DIR}",
+            f"install -d -o {UID} -g {UID} {HOME_DIR}"
+            + (f" {spec.package_dir}" if spec.data_downloads else ""),
         ]
     else:
         prepare.append(f"mkdir -p {HOME_DIR}")

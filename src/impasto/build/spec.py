@@ -131,6 +131,7 @@ class BuildSpec:
     port: int = PORT
     external: tuple[ExternalDir, ...] = ()  # external_package_dirs outside the package
     python: str = "python3"  # the base image's interpreter (base_image.python_executable_path)
+    data_downloads: bool = False  # external_data: the download step writes into the package
 
     @property
     def label(self) -> str:
@@ -405,7 +406,7 @@ def build_spec(
         root_user=kind == "sagemaker",
         environment=tuple(env),
         stored=tuple(stored) if options.bake else (),
-        downloads=tuple(hub),
+        downloads=tuple([*hub, *(item.url for item in config.external_data)]),
         bake=options.bake,
         setup=options.bake and setup,
         wheelhouse=options.wheelhouse,
@@ -417,6 +418,7 @@ def build_spec(
         secrets_dir=config.secrets_dir or DEFAULT_SECRETS_DIR,
         description=config.description,
         external=tuple(external),
+        data_downloads=bool(config.external_data),
         python=_configured_python(config) if not options.base_image else "python3",
     )
 

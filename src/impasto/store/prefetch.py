@@ -7,7 +7,8 @@ image with nothing but ``config.yaml`` copied in (so a code change keeps that la
   ``ignore_patterns``) into the Hugging Face cache, where ``from_pretrained`` finds it;
 - a ``diffusers.model`` that is a hub id, into the same cache (safetensors only unless
   ``allow_pickle``; only the ``variant``'s weights when one is set);
-- a SageMaker folder's ``HF_MODEL_ID`` into the model store, where it is served from.
+- a SageMaker folder's ``HF_MODEL_ID`` into the model store, where it is served from;
+- Truss's ``external_data`` (``url`` -> ``local_data_path``) into the package's data folder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import PackageConfig
+from ..errors import ConfigError, StoreError
 from . import hub
 
 log = logging.getLogger("impasto.store")
@@ -83,9 +85,56 @@ def cached(item: Download) -> str | None:
         return None
 
 
-def prefetch(root: Path, config: PackageConfig) -> list[str]:
-    """Download every snapshot ``config`` declares that is not there yet; the repo ids."""
+def data_target(root: Path, config: PackageConfig, local_path: str) -> Path:
+    """Where an ``external_data`` file goes: ``local_data_path`` under the data folder,
+    refused when it would land outside it."""
+    data = (root / config.data_dir).resolve()
+    target = (data / local_path).resolve()
+    if not local_path or not target.is_relative_to(data) or target == data:
+        raise ConfigError(
+            f"external_data: local_data_path {local_path!r} must name a file inside "
+            f"{config.data_dir}/",
+            field="external_data.local_data_path",
+        )
+    return target
+
+
+def fetch_external_data(root: Path, config: PackageConfig) -> list[str]:
+    """Download each ``external_data`` url to its ``local_data_path`` (skipped when the
+    file is there), through a ``.partial`` file so an interrupted download never counts."""
+    import httpx
+
     done = []
+    for item in config.external_data:
+        target = data_target(root, config, item.local_data_path)
+        if target.is_file():
+            log.info("%s: already in place", target)
+            done.append(item.url)
+            continue
+        log.info("downloading %s to %s", item.url, target)
+        started = time.monotonic()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with httpx.stream("GET", item.url, follow_redirects=True, timeout=60) as reply:
+                reply.raise_for_status()
+                with partial.open("wb") as out:
+                    for chunk in reply.iter_bytes(1 << 20):
+                        out.write(chunk)
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            raise StoreError(f"external_data: cannot download {item.url}: {exc}") from None
+        partial.replace(target)
+        size = target.stat().st_size
+        log.info("%s: %.1f MB, %.1f s", item.url, size / 1e6, time.monotonic() - started)
+        done.append(item.url)
+    return done
+
+
+def prefetch(root: Path, config: PackageConfig) -> list[str]:
+    """Download every snapshot and file ``config`` declares that is not there yet; the repo
+    ids and urls."""
+    done = fetch_external_data(root, config)
     items = planned(config, dict(os.environ))
     for number, item in enumerate(items, 1):
         where = f"{item.repo_id}@{item.revision}" if item.revision else item.repo_id
