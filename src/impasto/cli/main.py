@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from . import deploy, jobs, models
+from .build import build
 from .init import init
 from .output import DEBUG
 from .predict import predict
@@ -47,6 +48,7 @@ def _root(
 app.command("init")(init)
 app.command("serve")(serve)
 app.command("setup")(setup)
+app.command("build")(build)
 app.command("predict")(predict)
 app.command("ui")(ui)
 app.add_typer(models.app, name="models", help="The local model store.")
