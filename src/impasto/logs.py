@@ -162,9 +162,11 @@ def install(redactor: Callable[[str], str] | None = None) -> Callable[[], None]:
             _hooks.previous_factory = logging.getLogRecordFactory()
             logging.setLogRecordFactory(_hooks.factory)
             logging.getLogger().addHandler(_hooks.handler)
-            if not isinstance(sys.stdout, _StdoutTee):
-                _hooks.tee = _StdoutTee(sys.stdout)
-                sys.stdout = _hooks.tee  # type: ignore[assignment]
+        # checked on every install: whoever replaced sys.stdout since (a test runner's
+        # capture, an embedding app) gets the tee wrapped around its stream in turn
+        if not isinstance(sys.stdout, _StdoutTee):
+            _hooks.tee = _StdoutTee(sys.stdout)
+            sys.stdout = _hooks.tee  # type: ignore[assignment]
         _hooks.users += 1
         if redactor is not None:
             _hooks.redactors.append(redactor)
