@@ -36,7 +36,8 @@ def _cli(*args: str) -> tuple[int, str]:
     from impasto.cli.main import app
 
     result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
+    # what a command prints is on stdout; log lines and errors go to stderr
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,15 @@ def gate(ray_instance, tmp_path_factory):
     folder = package_copy(tmp_path_factory.mktemp("ray-gate"))
     url = ray_instance.deploy(folder, "gate", env={"IMPASTO_SECRET_TOKEN": SECRET})
     with httpx.Client(base_url=url, timeout=120) as client:
+        # the proxy's router learns of the replicas after the deployment is up: quick
+        # requests until both have answered, so the tests start with both routable
+        seen: set[str] = set()
+
+        def both_answered() -> bool:
+            seen.add(client.post("/work", json={"steps": 1}).headers.get(REPLICA, ""))
+            return len(seen - {""}) == 2
+
+        until(both_answered, timeout=120)
         yield client
 
 
