@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError, InputError, NotFound
-from .output import console, err_console, fail
+from .output import ProgressBar, console, err_console, fail
 
 app = typer.Typer(
     help="Async jobs: the local job store, or a running server with --url.\n\n"
@@ -257,29 +257,13 @@ def _write(client: Any, value: Any, out: Path) -> None:
     console.print(f"wrote {out}")
 
 
-class _Bar:
-    """A progress bar on a terminal, fed by a job's ``progress`` events."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-        self.task: Any = None
+class _Bar(ProgressBar):
+    """The progress bar, and a ``started`` line where there is no terminal to draw it on."""
 
     def __call__(self, event: Any) -> None:
         if event.kind == "start" and not err_console.is_terminal:
             err_console.print("started")
-        if event.kind != "progress" or not err_console.is_terminal:
-            return
-        if self.bar is None:
-            from rich.progress import Progress
-
-            self.bar = Progress(console=err_console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("generating", total=event.data.get("total"))
-        self.bar.update(self.task, completed=event.data.get("step"), total=event.data.get("total"))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        super().__call__(event)
 
 
 __all__ = ["app", "submit"]
