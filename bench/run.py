@@ -39,7 +39,10 @@ SECTIONS = {
     "images": ("bench.images", "image responses over HTTP"),
     "encoders": ("bench.images:Encoders", "pure encoder figures (bench/encoders.py)"),
     "batching": ("bench.batching", "the tiny diffusion pipeline, batching on vs off"),
+    "continuous": ("bench.continuous", "Poisson arrivals, mixed steps: off, static, continuous"),
     "coldstart": ("bench.coldstart", "process start to first prediction; store vs folder"),
+    "jobs": ("bench.jobs", "async jobs accepted per second on each store vs sync /predict"),
+    "ray": ("bench.rayserve", "Ray Serve: ingress overhead, replicas (opt-in: --only ray)"),
     "painter": ("bench.painter", "the trained tiny painter vs random tiny-sd, request time"),
     "peers": ("bench.peers", "the same workloads on peer frameworks (opt-in: --peers)"),
 }
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown sections: {', '.join(unknown)}; pick from {', '.join(SECTIONS)}")
             return 2
     else:
-        names = [n for n in SECTIONS if n != "peers"]
+        names = [n for n in SECTIONS if n not in ("peers", "ray")]  # opt-in: --only
     if args.peers and "peers" not in names:
         names.append("peers")
     workdir = Path(tempfile.mkdtemp(prefix="impasto-bench-"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +23,11 @@ REPO = Path(__file__).parent.parent
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the suite's own impasto home (model store, job store), never the user's ~/.impasto; tests
+# that need a home of their own still set IMPASTO_HOME for their server
+_HOME = tempfile.mkdtemp(prefix="impasto-tests-home-")
+os.environ.setdefault("IMPASTO_HOME", _HOME)
+atexit.register(shutil.rmtree, _HOME, True)
 
 
 def free_port() -> int:
@@ -247,6 +255,7 @@ def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
     os.environ["IMPASTO_HOME"] = str(root / "home")  # the tiny weights are built there
     try:
         server = ThreadServer(build_app(load_models_file(spec))).start()
+        server.home = root / "home"  # type: ignore[attr-defined]  # tiny-sd's weights
         server.client.timeout = 120
         server.wait_ready(300)
     finally:
@@ -256,3 +265,7 @@ def three_models(tmp_path_factory) -> Iterator[ThreadServer]:
             os.environ["IMPASTO_HOME"] = home
     yield server
     server.stop()
+
+
+# The job tests' shared fixtures: PostgreSQL, S3 on loopback, a webhook receiver.
+from jobs_fixtures import moto_s3, postgres_admin, receiver  # noqa: E402, F401

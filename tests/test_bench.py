@@ -85,7 +85,12 @@ def test_quick_run_writes_ratios(tmp_path) -> None:
     assert {(r["server"], r["concurrency"]) for r in overhead["rows"]} >= {
         ("baseline", 1),
         ("impasto", 64),
+        ("impasto, quiet", 16),
     }
+    # the quiet row is compared with the quiet baseline of the same concurrency
+    by = {(r["server"], r["concurrency"]): r for r in overhead["rows"]}
+    quiet, quiet_base = by[("impasto, quiet", 16)], by[("baseline, quiet", 16)]
+    assert quiet["rps_ratio"] == quiet["rps"] / quiet_base["rps"]
     for row in overhead["rows"]:
         assert row["rps"] > 0 and row["rps_ratio"] > 0
         assert row["errors"] == 0
@@ -94,3 +99,16 @@ def test_quick_run_writes_ratios(tmp_path) -> None:
     assert len(images) == 14
     assert all(r["bytes"] > 0 and r["ms_ratio"] > 0 for r in images)
     assert "Serving overhead" in proc.stdout
+
+
+def test_continuous_schedule_is_poisson_and_reproducible() -> None:
+    from bench import continuous
+
+    arrivals = continuous.schedule(rate=4.0, count=400)
+    assert arrivals == continuous.schedule(rate=4.0, count=400)  # one schedule for every mode
+    times = [at for at, _ in arrivals]
+    assert times == sorted(times) and times[0] > 0
+    gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
+    assert 0.2 < sum(gaps) / len(gaps) < 0.3  # mean gap 1/rate
+    assert {shape for _, shape in arrivals} == set(continuous.SHAPES)
+    assert "continuous" in run.SECTIONS

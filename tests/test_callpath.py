@@ -191,6 +191,41 @@ def test_events_and_logs_of_a_prediction(caplog):
     assert [r.request_id for r in records] == ["req-7", "req-7"]
 
 
+def test_prints_are_captured_after_someone_else_replaced_stdout():
+    """The hooks were installed first (a server), then sys.stdout was replaced (a test
+    runner's capture, an embedding app): a later prediction's prints are still captured."""
+    import asyncio
+    import io
+    import sys
+
+    from impasto import load_package
+    from impasto.logs import install
+    from impasto.serving import runner_for
+
+    runner = runner_for(load_package(CALLPATH))
+    events = []
+    first = install()
+    saved, sys.stdout = sys.stdout, io.StringIO()
+    replaced = sys.stdout
+
+    async def scenario():
+        undo = install()
+        try:
+            assert await runner.load()
+            return await runner.predict({"n": 1}, "chatty", on_event=events.append)
+        finally:
+            await runner.aclose()
+            undo()
+
+    try:
+        assert asyncio.run(scenario()) == {"said": 1}
+    finally:
+        sys.stdout = saved
+        first()
+    assert "printed 1" in [e.data["message"] for e in events if e.kind == "log"]
+    assert "printed 1" in replaced.getvalue()  # and it still reached the stream it replaced
+
+
 def test_a_slow_subscriber_never_stalls_the_model():
     import asyncio
     import threading

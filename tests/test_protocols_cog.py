@@ -201,10 +201,16 @@ def test_a_generator_without_sse_gathers_its_chunks(three_models):
     assert r.json()["output"] == ["a-0", "a-1", "a-2"]
 
 
-def test_asynchronous_predictions_say_they_need_the_job_store(three_models):
-    r = three_models.client.post(
-        "/predictions", json={"input": {"prompt": "x"}}, headers={"Prefer": "respond-async"}
-    )
+def test_asynchronous_predictions_say_they_need_the_job_store():
+    """With jobs off, respond-async is refused with the reason (docs/jobs.md covers them on)."""
+    server, _ = _painter(jobs={"enabled": False})
+    server.start()
+    try:
+        r = server.client.post(
+            "/predictions", json={"input": {"prompt": "x"}}, headers={"Prefer": "respond-async"}
+        )
+    finally:
+        server.stop()
     assert r.status_code == 501 and "job store" in r.json()["error"]
 
 

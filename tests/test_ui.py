@@ -329,6 +329,31 @@ def test_custom_endpoints_work_from_their_tabs(custom, page) -> None:
     assert "HELLO" in result and "postprocess" in result
 
 
+def test_video_result_plays_in_a_player_with_its_frames(page) -> None:
+    """A model returning impasto.Video: the page shows a player whose file is the video."""
+    import av
+
+    from impasto import build_app
+
+    server = ThreadServer(build_app(PACKAGES / "media_io", ui=True)).start()
+    try:
+        server.wait_ready()
+        p = page(server.url + "/ui/").page
+        prefix = "#impasto-media-io-video"
+        p.get_by_role("tab", name="video", exact=True).click()
+        set_number(p, f"{prefix}-frames", 6)
+        generate(p, prefix)
+        assert wait_state(p, prefix, "done", "failed") == "done", p.inner_text(f"{prefix}-error")
+        src = p.wait_for_selector(f"{prefix}-video video[src]").get_attribute("src")
+        assert src
+        data = httpx.get(src if "://" in src else server.url + src, timeout=30).content
+        with av.open(io.BytesIO(data)) as container:
+            frames = list(container.decode(video=0))
+        assert len(frames) == 6 and (frames[0].width, frames[0].height) == (32, 16)
+    finally:
+        server.stop()
+
+
 def test_api_key_asked_for_and_passed(page) -> None:
     """With API keys on, the page asks for one and the in-process call checks it."""
     from impasto import load_package

@@ -3,6 +3,7 @@ from the form, the curl and Python snippets, when the page is on, the browser re
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 
@@ -141,3 +142,13 @@ def test_root_redirects_browsers_only(serve_thread) -> None:
     plain = serve_thread(PACKAGES / "steps")  # without the playground: no page, no redirect
     assert plain.client.get("/ui/").status_code == 404
     assert plain.client.get("/", headers={"Accept": "text/html"}).json() is True
+
+
+def test_a_lone_media_result_or_string_is_shown_as_json(tmp_path) -> None:
+    from impasto.ui.results import split_outputs
+
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    out = split_outputs({"data": png, "content_type": "image/png", "format": "png"}, tmp_path)
+    assert out.rest == {"output": "<image image-1.png>"} and len(out.images) == 1
+    assert split_outputs("plain text", tmp_path).rest == {"output": "plain text"}
+    assert split_outputs({"n": 1}, tmp_path).rest == {"n": 1}

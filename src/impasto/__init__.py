@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .client import Client
 from .config import PackageConfig, load_config, parse_config
 from .context import Event, OutputPrefs, RequestContext
 from .environment import Environment
@@ -36,6 +37,7 @@ from .spec import EndpointSpec, ModelSpec, endpoint, inspect_model
 __all__ = [
     "Audio",
     "Canceled",
+    "Client",
     "ConfigError",
     "EndpointSpec",
     "Environment",

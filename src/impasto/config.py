@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .ray.config import RayConfig
 
 log = logging.getLogger("impasto.config")
 
@@ -126,6 +127,15 @@ class Batching(_Section):
     max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill.")
     max_batch_pixels: int = Field(
         8 * 512 * 512, ge=1, description="Pixel budget per batch (width*height*items)."
+    )
+    mode: Literal["static", "continuous"] = Field(
+        "static",
+        description=(
+            "`static`: a batch runs from its first step to its last and later requests wait "
+            "for it. `continuous` (diffusers UNet pipelines): requests join and leave a running "
+            "denoising batch at every step, bounded by max_batch_size and max_batch_pixels; "
+            "pipelines it cannot drive fall back to static."
+        ),
     )
 
 
@@ -233,6 +243,114 @@ class DiffusersConfig(_Section):
     preview_every: int = Field(0, ge=0, description="Send a preview image every N steps over SSE.")
 
 
+class WebhooksConfig(_Section):
+    """How job webhooks are sent: signed per Standard Webhooks with the secret named
+    ``secret`` (the secrets folder, or ``IMPASTO_SECRET_WEBHOOK_SECRET``); terminal events
+    are retried with exponential backoff, their attempts kept in the job store."""
+
+    allow_private_urls: bool = Field(
+        False,
+        description="Allow webhook URLs that resolve to loopback, private or link-local "
+        "addresses (the same policy as `media.allow_private_urls`).",
+    )
+    secret: str = Field("webhook_secret", description="The secret that signs webhooks.")
+    max_attempts: int = Field(12, ge=1, description="Tries of a terminal webhook.")
+    backoff_s: float = Field(0.5, gt=0, description="First retry delay (doubles each time).")
+    max_backoff_s: float = Field(300, gt=0, description="Longest delay between retries.")
+    timeout_s: float = Field(10, gt=0, description="Time a receiver has to answer.")
+    logs_interval_s: float = Field(
+        0.5, ge=0, description="Least time between two `logs` webhooks of one job."
+    )
+
+
+class JobResultsConfig(_Section):
+    """Where the media a job produces are kept, and how clients reach them."""
+
+    url: str | None = Field(
+        None,
+        description="A folder or any fsspec URL (default: $IMPASTO_HOME/results).",
+        examples=["s3://my-bucket/impasto-results"],
+    )
+    url_ttl_s: float = Field(
+        3600, gt=0, description="Lifetime of the signed (or presigned) URLs given out."
+    )
+    max_inline_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="JSON outputs up to this size stay in the job; larger ones are stored as "
+        "a file and referenced by URL.",
+    )
+
+
+class JobsConfig(_Section):
+    """Durable asynchronous jobs (Cog's `Prefer: respond-async`, SageMaker's async
+    invocations), kept in SQLite or PostgreSQL so that they survive restarts."""
+
+    enabled: bool = Field(True, description="Serve asynchronous predictions.")
+    url: str | None = Field(
+        None,
+        description="The job store: `sqlite:///path.db` (default $IMPASTO_HOME/jobs.db) or "
+        "`postgresql+psycopg://user:password@host/db` for servers sharing one queue "
+        "(`IMPASTO_JOBS_URL` overrides).",
+    )
+    max_queued: int = Field(1000, ge=1, description="Jobs waiting to run before 429.")
+    max_attempts: int = Field(
+        2, ge=1, description="Runs of a job whose server died under it, before it fails."
+    )
+    timeout_s: float | None = Field(3600, gt=0, description="Longest run of one job.")
+    lease_s: float = Field(
+        30,
+        gt=0,
+        description="A running job is its server's for this long past its last heartbeat; "
+        "then another server (or this one, restarted) retries it.",
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="How often a server looks for work submitted elsewhere."
+    )
+    progress_interval_s: float = Field(
+        0.25, gt=0, description="How often progress and logs of running jobs are saved."
+    )
+    retention_s: float = Field(
+        7 * 24 * 3600, gt=0, description="Finished jobs and their files are kept this long."
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Jobs one server runs at once per model (default: what its slots and "
+        "batches can run).",
+    )
+    results: JobResultsConfig = Field(default_factory=JobResultsConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+
+
+class SageMakerConfig(_Section):
+    """SageMaker asynchronous inference (`/async-invocations`): where inputs may be read
+    from and where outputs, failures and notifications go."""
+
+    async_output_path: str | None = Field(
+        None,
+        description="Where `<id>.out` is written: a folder or any fsspec URL (default "
+        "$IMPASTO_HOME/async/output).",
+        examples=["s3://my-bucket/async-out"],
+    )
+    async_failure_path: str | None = Field(
+        None, description="Where failures are written (default $IMPASTO_HOME/async/failure)."
+    )
+    async_input_locations: list[str] | None = Field(
+        None,
+        description="URL prefixes `X-Amzn-SageMaker-InputLocation` may point under "
+        "(default: any `s3://` object and $IMPASTO_HOME/async/input).",
+    )
+    async_notification_url: str | None = Field(
+        None,
+        description="Receives an SNS-shaped notification when an invocation ends "
+        "(signed like job webhooks).",
+    )
+    async_max_body_bytes: int = Field(
+        128_000, gt=0, description="Largest inline body (InvokeEndpointAsync's limit)."
+    )
+
+
 # Health, readiness and metrics routes of every protocol: answered without a key so probes
 # keep working when API keys are on. ``*`` stands for one path segment; GET and HEAD only.
 OPEN_ROUTES = (
@@ -248,6 +366,7 @@ OPEN_ROUTES = (
     "/v2/models/*/ready",
     "/v2/models/*/versions/*/ready",
     "/v1/images/results/*",
+    "/files/*/*",  # job results: the signed URL is the credential
     "/metrics",
 )
 
@@ -313,6 +432,9 @@ class PackageConfig(_Section):
     secrets_dir: str | None = Field(None, description="Folder of secret files (default /secrets).")
     auth: AuthConfig = Field(default_factory=AuthConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+    sagemaker: SageMakerConfig = Field(default_factory=SageMakerConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)  # `impasto deploy ray` (impasto.ray)
 
     @field_validator("ui", mode="before")
     @classmethod
@@ -355,6 +477,8 @@ class PackageConfig(_Section):
             (f"{n}.", getattr(self, n)) for n in ("resources", "runtime", "batching", "ui", "auth")
         ]
         sections.append(("media.", self.media))
+        sections += [("jobs.", self.jobs), ("jobs.results.", self.jobs.results)]
+        sections += [("jobs.webhooks.", self.jobs.webhooks), ("sagemaker.", self.sagemaker)]
         if self.diffusers is not None:
             sections.append(("diffusers.", self.diffusers))
         found = []

@@ -20,7 +20,8 @@
     │   └── ModelDefinitionError     412  exit 10  the model's methods cannot serve this call
     ├── StoreError                   400  exit 11  the model store refused an operation
     ├── AddressInUse                      exit 12  `impasto serve`: the port is taken
-    └── Unreachable                       exit 13  `--url`: no server answers there
+    ├── Unreachable                       exit 13  `--url`: no server answers there
+    └── BuildError                        exit 14  `impasto build`: a wheel, image or upload failed
 
 Every class knows its ``status``, ``exit_code`` and a short ``type`` used in error bodies:
 ``{"error": {"type": ..., "message": ..., "field": ...}}``.
@@ -160,6 +161,11 @@ class Unreachable(ImpastoError):
     status = 502
     exit_code = 13
     type = "unreachable"
+
+
+class BuildError(ImpastoError):
+    exit_code = 14
+    type = "build_error"
 
 
 _BOUNDS = {"less_than_equal", "less_than", "string_too_long", "too_long"}

@@ -3,8 +3,9 @@
 Two process-wide hooks, installed while a server (or an in-process call) runs and removed
 with the last user:
 
-- a log-record factory that tags every record with ``request_id`` (``-`` outside a
-  prediction) and replaces the values of every registered secret with ``***``, in the
+- a log-record factory that tags every record made during a prediction with its
+  ``request_id`` (records made outside one are left alone, so a library that passes its
+  own ``request_id`` in ``extra``, as Ray Serve does, still can) and replaces the values of every registered secret with ``***``, in the
   message and in the traceback. It works whatever handlers the embedding application
   configured, so a server built with ``create_app`` inside someone else's process (a Ray
   replica, a test) redacts as ``impasto serve`` does;
@@ -124,7 +125,9 @@ class _Hooks:
     def _make(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         make = self.previous_factory or logging.LogRecord
         record = make(*args, **kwargs)
-        record.request_id = current_request_id() or "-"
+        request_id = current_request_id()
+        if request_id is not None:
+            record.request_id = request_id
         if self.redactors:
             _redact(record, self.redactors)
         return record
@@ -159,9 +162,11 @@ def install(redactor: Callable[[str], str] | None = None) -> Callable[[], None]:
             _hooks.previous_factory = logging.getLogRecordFactory()
             logging.setLogRecordFactory(_hooks.factory)
             logging.getLogger().addHandler(_hooks.handler)
-            if not isinstance(sys.stdout, _StdoutTee):
-                _hooks.tee = _StdoutTee(sys.stdout)
-                sys.stdout = _hooks.tee  # type: ignore[assignment]
+        # checked on every install: whoever replaced sys.stdout since (a test runner's
+        # capture, an embedding app) gets the tee wrapped around its stream in turn
+        if not isinstance(sys.stdout, _StdoutTee):
+            _hooks.tee = _StdoutTee(sys.stdout)
+            sys.stdout = _hooks.tee  # type: ignore[assignment]
         _hooks.users += 1
         if redactor is not None:
             _hooks.redactors.append(redactor)

@@ -18,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .context import Event
@@ -78,6 +79,8 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self._engines = _EngineCollector()
+        self.registry.register(self._engines)
 
     def observe(
         self, model: str, endpoint: str, outcome: str, seconds: float, reason: str | None = None
@@ -125,7 +128,57 @@ class Metrics:
         self.queue.labels(model).set_function(queued)
         self.in_flight.labels(model).set_function(in_flight)
 
+    def track_engine(self, model: str, stats: Callable[[], dict[str, float]]) -> None:
+        """Report the scheduler a model runs itself (continuous batching), read at each
+        scrape: ``stats()`` gives ``active``, ``queued``, ``steps`` and ``rows`` (empty
+        while the model has none)."""
+        self._engines.sources[model] = stats
+
     def render(self) -> bytes:
         """impasto's metrics, then those the model registered on prometheus_client's
         default registry (and that registry's process and platform collectors)."""
         return generate_latest(self.registry) + generate_latest(REGISTRY)
+
+
+class _EngineCollector:
+    """Continuous batching engines' own figures, read from them at scrape time."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], dict[str, float]]] = {}
+
+    def describe(self) -> list[Any]:
+        return []  # read at scrape time only
+
+    def collect(self) -> Any:
+        active = GaugeMetricFamily(
+            "impasto_engine_active",
+            "Requests in a model's running denoising batch (continuous batching).",
+            labels=["model"],
+        )
+        queued = GaugeMetricFamily(
+            "impasto_engine_queued",
+            "Requests waiting for room in that batch (max_batch_size, max_batch_pixels).",
+            labels=["model"],
+        )
+        steps = CounterMetricFamily(
+            "impasto_engine_steps",
+            "Batched UNet steps run; rows/steps is the mean batch.",
+            labels=["model"],
+        )
+        rows = CounterMetricFamily(
+            "impasto_engine_rows",
+            "UNet batch rows run over those steps (one per image, two with guidance).",
+            labels=["model"],
+        )
+        seen = False
+        for model, stats in list(self.sources.items()):
+            figures = stats()
+            if not figures:
+                continue
+            seen = True
+            active.add_metric([model], figures["active"])
+            queued.add_metric([model], figures["queued"])
+            steps.add_metric([model], figures["steps"])
+            rows.add_metric([model], figures["rows"])
+        if seen:  # a server without an engine shows none of these
+            yield from (active, queued, steps, rows)

@@ -7,6 +7,7 @@ a default, lazy loading and a bound on the models loaded at once.
     auth:                    # API keys (the keys come from the secret `api_keys`)
       open_routes: ["/", "/health/*", "/metrics"]
     results: {ttl_s: 600}    # OpenAI `response_format=url` results
+    jobs: {max_queued: 100}  # durable async jobs (default: the default model's `jobs:`)
     models:
       - name: sd             # the name clients use (default: the package's model_name)
         path: ../examples/tiny-sd   # relative to this file
@@ -27,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import AuthConfig
+from .config import AuthConfig, JobsConfig, SageMakerConfig
 from .errors import ConfigError
 from .package import Package, load_package
 from .secrets import Redactor
@@ -63,6 +64,10 @@ class ModelsFile(BaseModel):
     )
     auth: AuthConfig | None = Field(None, description="API keys (default: the default model's).")
     results: ResultsConfig = Field(default_factory=ResultsConfig)
+    jobs: JobsConfig | None = Field(None, description="Async jobs (default: the default model's).")
+    sagemaker: SageMakerConfig | None = Field(
+        None, description="SageMaker async invocations (default: the default model's)."
+    )
 
     @model_validator(mode="after")
     def _one_default(self) -> ModelsFile:
@@ -83,6 +88,8 @@ class ServePlan:
     max_loaded: int | None = None
     auth: AuthConfig | None = None
     results: ResultsConfig = field(default_factory=ResultsConfig)
+    jobs: JobsConfig | None = None
+    sagemaker: SageMakerConfig | None = None
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.packages]
@@ -101,6 +108,18 @@ class ServePlan:
     def auth_config(self) -> AuthConfig:
         """The plan's auth section, else the default model's."""
         return self.auth if self.auth is not None else self.default_package.config.auth
+
+    @property
+    def jobs_config(self) -> JobsConfig:
+        """The plan's jobs section, else the default model's."""
+        return self.jobs if self.jobs is not None else self.default_package.config.jobs
+
+    @property
+    def sagemaker_config(self) -> SageMakerConfig:
+        """The plan's sagemaker section, else the default model's."""
+        if self.sagemaker is not None:
+            return self.sagemaker
+        return self.default_package.config.sagemaker
 
     def api_keys(self) -> list[str]:
         """The keys clients must send (none: auth is off)."""
@@ -148,6 +167,8 @@ def load_models_file(path: str | Path) -> ServePlan:
         max_loaded=parsed.max_loaded,
         auth=parsed.auth,
         results=parsed.results,
+        jobs=parsed.jobs,
+        sagemaker=parsed.sagemaker,
     )
 
 

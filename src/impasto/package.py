@@ -143,12 +143,24 @@ def load_package(
     config = fmt.config(root) if fmt else load_config(root / "config.yaml", overrides)
     if fmt and overrides:
         config = parse_config(deep_merge(config.model_dump(mode="python"), overrides))
+    config = rooted_paths(root, config)
     with package_scope(root, config):
         cls = fmt.model_class(root, config) if fmt else _model_class(root, config)
         spec = inspect_model(cls, config.endpoints)
     secrets = resolve_secrets(config.secrets, secrets_dir or config.secrets_dir)
     env = environment or os.environ.get("IMPASTO_ENVIRONMENT") or None
     return Package(root, config, spec, secrets, env, Redactor(secrets))
+
+
+def rooted_paths(root: Path, config: PackageConfig) -> PackageConfig:
+    """``diffusers.model: ./weights`` (``.``, ``./x``, ``../x``) names a folder relative to
+    the package, wherever the server runs from (a SageMaker archive's pipeline sits beside
+    its config.yaml, as ``.``)."""
+    cfg = config.diffusers
+    if cfg is None or not (cfg.model == "." or cfg.model.startswith(("./", "../"))):
+        return config
+    folder = str((root / cfg.model).resolve())
+    return config.model_copy(update={"diffusers": cfg.model_copy(update={"model": folder})})
 
 
 @contextlib.contextmanager

@@ -123,6 +123,12 @@ class Prediction:
         self._subscribers.append(sink)
         return lambda: self._subscribers.remove(sink) if sink in self._subscribers else None
 
+    @property
+    def watched(self) -> bool:
+        """Someone subscribed to its events (an event stream, a job): a remote run must
+        relay them."""
+        return bool(self._subscribers)
+
     def _publish(self, kind: str, data: dict[str, Any]) -> None:
         """A transition's event, to this prediction's subscribers."""
         if self._subscribers:

@@ -10,9 +10,9 @@ Every call, whatever protocol it came in by, goes through the same four runner s
 ``preprocess``/``postprocess`` run outside the slot so they overlap with other requests'
 predictions; ``runtime.predict_concurrency`` slots bound the predictions running at once and
 the admission limit bounds the predictions in flight: ``runtime.max_queue`` waiting beyond
-what the slots (times ``batching.max_batch_size`` for a batched endpoint) can hold. A
-deadline, a disconnect, a shutdown or an explicit cancel all go through
-:meth:`Prediction.abort`, so the reason a prediction ended is always the true one.
+what the slots (times ``batching.max_batch_size`` for a batched endpoint, or one that
+batches itself) can hold. A deadline, a disconnect, a shutdown or an explicit cancel all go
+through :meth:`Prediction.abort`, so the reason a prediction ended is always the true one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -90,6 +91,10 @@ class Runner:
         self.last_used = 0.0  # monotonic time of the last admission (least recently used)
         rt = config.runtime
         self._slots = Slots(rt.predict_concurrency)
+        # Endpoints that batch themselves (continuous batching) run one prediction per call,
+        # up to a batch's worth per slot, in places of their own.
+        per_batch = rt.predict_concurrency * config.batching.max_batch_size
+        self._shared = Slots(per_batch)
         self._busy = 0  # slots in use, abandoned threads included
         self._queued = 0  # admitted predictions that do not hold the model yet
         self._live: set[Prediction] = set()
@@ -108,7 +113,7 @@ class Runner:
         self._capacity: dict[str, int] = {}
         # Media are decoded only by the predictions that will run next: what the slots can
         # run plus one per input worker. The rest wait holding their raw bodies only.
-        batched = any(ep.batch_call for ep in spec.endpoints.values())
+        batched = any(ep.batch_call or ep.batches_itself for ep in spec.endpoints.values())
         per_slot = config.batching.max_batch_size if batched else 1
         self._decoding = Slots(rt.predict_concurrency * per_slot + rt.input_workers)
         self._decoders: set[Prediction] = set()
@@ -125,6 +130,12 @@ class Runner:
         self._listeners = [metrics.listener(name)] if metrics is not None else []
         if metrics is not None:
             metrics.track(name, lambda: self._queued, lambda: len(self._live))
+            metrics.track_engine(name, self._engine_stats)
+
+    def _engine_stats(self) -> dict[str, float]:
+        """The model's own scheduler figures (``engine_stats()``), if it has one running."""
+        stats = getattr(self.loading.model, "engine_stats", None)
+        return stats() if callable(stats) else {}
 
     # loading (the state machine is the Loader's) -----------------------------------------
     def start(self) -> asyncio.Task:
@@ -209,7 +220,8 @@ class Runner:
         (a batch per slot for a batched endpoint) plus ``runtime.max_queue`` waiting."""
         limit = self._capacity.get(endpoint.name)
         if limit is None:
-            per_slot = self.config.batching.max_batch_size if self._batches(endpoint) else 1
+            batched = self._batches(endpoint) or endpoint.batches_itself
+            per_slot = self.config.batching.max_batch_size if batched else 1
             rt = self.config.runtime
             limit = self._capacity[endpoint.name] = rt.max_queue + rt.predict_concurrency * per_slot
         return limit
@@ -220,10 +232,12 @@ class Runner:
         *,
         request_id: str | None = None,
         output: OutputPrefs | None = None,
+        timeout_s: float | Literal["runtime"] | None = "runtime",
     ) -> Prediction:
         """A place in this model's queue, or an error at once: 503 while loading (unless
         ``runtime.wait_for_load``), after a failed load or while shutting down, 429 when full.
-        Nothing about the request has been read yet, so refusing costs nothing."""
+        Nothing about the request has been read yet, so refusing costs nothing. The deadline
+        is ``runtime.predict_timeout_s`` unless ``timeout_s`` says otherwise (a job's own)."""
         if self.closing:
             raise ShuttingDown(
                 "the server is shutting down; retry on another replica",
@@ -249,7 +263,7 @@ class Runner:
             )
         rt = self.config.runtime
         ctx = RequestContext(request_id, output=output)
-        ctx.timeout_s = rt.predict_timeout_s
+        ctx.timeout_s = rt.predict_timeout_s if timeout_s == "runtime" else timeout_s
         p = Prediction(
             ctx,
             model=self.name,
@@ -258,7 +272,7 @@ class Runner:
             on_end=self._ended,
             max_log_bytes=rt.max_log_bytes,
         )
-        p.set_deadline(rt.predict_timeout_s)
+        p.set_deadline(ctx.timeout_s)
         self.last_used = ctx.created
         self._live.add(p)
         self._idle.clear()
@@ -296,10 +310,40 @@ class Runner:
         per input worker) is taken first and held until the prediction ends, so requests
         waiting further back hold their raw bodies, never decoded pixels."""
         endpoint = self.spec.endpoints[p.endpoint]
-        model = endpoint.input_model
-        if model is None:
+        if endpoint.input_model is None:
             p.input = payload
             return payload
+        check = self._checker(endpoint, payload)
+        if endpoint.has_media:
+            p.ctx.stage = "while waiting in the queue"
+            await self._decoding.acquire()  # held until the prediction ends
+            self._decoders.add(p)
+            value = await self.in_input_pool(check)
+        elif (size or 0) > INLINE_VALIDATION_BYTES:
+            value = await self.in_input_pool(check)
+        else:
+            value = check()
+        p.input = value
+        return value
+
+    async def validate(
+        self, endpoint: EndpointSpec, payload: Any, *, size: int | None = None
+    ) -> Any:
+        """Check ``payload`` against ``endpoint``'s input schema without admitting or running
+        anything: a job's input is refused (422) when it is submitted, not when it runs.
+        Media are decoded in the input pool and dropped; the job decodes them again."""
+        if endpoint.input_model is None:
+            return payload
+        check = self._checker(endpoint, payload)
+        if endpoint.has_media or (size or 0) > INLINE_VALIDATION_BYTES:
+            return await self.in_input_pool(check)
+        return check()
+
+    def _checker(self, endpoint: EndpointSpec, payload: Any) -> Callable[[], Any]:
+        """The validation of ``payload`` (raises InputError naming the field), to run where
+        the caller decides."""
+        model = endpoint.input_model
+        assert model is not None
         if not isinstance(payload, dict):
             error = InputError(
                 f"expected a JSON object with the fields of {model.__name__}, "
@@ -320,17 +364,7 @@ class Runner:
             except ValidationError as exc:
                 raise pydantic_errors(exc, model=model) from None
 
-        if endpoint.has_media:
-            p.ctx.stage = "while waiting in the queue"
-            await self._decoding.acquire()  # held until the prediction ends
-            self._decoders.add(p)
-            value = await self.in_input_pool(check)
-        elif (size or 0) > INLINE_VALIDATION_BYTES:
-            value = await self.in_input_pool(check)
-        else:
-            value = check()
-        p.input = value
-        return value
+        return check
 
     async def in_input_pool(self, fn: Callable[[], Any]) -> Any:
         """Run input work (parsing, fetching, decoding) in the bounded input pool."""
@@ -358,7 +392,8 @@ class Runner:
             elif self._batches(endpoint):
                 value = await self._batcher(endpoint).submit(value, p)
             else:
-                value = await self._in_slot(endpoint.call, value, p)
+                slots = self._shared if endpoint.batches_itself else self._slots
+                value = await self._in_slot(endpoint.call, value, p, slots)
             if is_stream(value):  # a generator returned (not yielded) streams too
                 if endpoint.postprocess:
                     raise self.calls.definition_error(STREAM_POSTPROCESS, p.ctx)
@@ -382,31 +417,32 @@ class Runner:
             return False
         return self.config.batching.enabled or endpoint.call is endpoint.batch_call
 
-    async def acquire(self, p: Prediction) -> None:
+    async def acquire(self, p: Prediction, slots: Slots | None = None) -> None:
         """Wait for a model slot (the deadline or a cancel aborts the wait)."""
         p.ctx.stage = "while waiting in the queue"
-        await self._slots.acquire()
+        await (slots or self._slots).acquire()
         self._busy += 1
         p.ctx.stage = ""
 
-    def release(self, _: Any = None) -> None:
+    def release(self, _: Any = None, slots: Slots | None = None) -> None:
         self._busy -= 1
-        self._slots.release()
+        (slots or self._slots).release()
 
-    async def _in_slot(self, call: CallSpec, value: Any, p: Prediction) -> Any:
-        await self.acquire(p)
+    async def _in_slot(self, call: CallSpec, value: Any, p: Prediction, slots: Slots) -> Any:
+        await self.acquire(p, slots)
         self._started(p)
+        release = partial(self.release, slots=slots)
         if call.is_async:  # an abort cancels the coroutine itself: the slot frees at once
             token = logs.enter((p.ctx,))
             try:
                 return await call.bind(self.model, value, p.ctx)()
             finally:
                 logs.leave(token)
-                self.release()
+                release()
         work = self.calls.submit(logs.call_in((p.ctx,), call.bind(self.model, value, p.ctx)))
         # A thread cannot be stopped: it keeps its slot until it returns, whatever the
         # caller does, so predict_concurrency always bounds what runs.
-        work.add_done_callback(self.release)
+        work.add_done_callback(release)
         result = await awaited(work)
         return await result if inspect.isawaitable(result) else result
 
@@ -523,11 +559,11 @@ class Runner:
         if self.state != "ready" or self._live or self.closing:
             return False
         self.loading.begin_unload()  # requests admitted from now on wait for the reload
-        size = self.config.runtime.predict_concurrency
-        for _ in range(size):  # a thread abandoned by its prediction keeps its slot
-            await self._slots.acquire()
-        for _ in range(size):
-            self._slots.release()
+        for slots in (self._slots, self._shared):
+            for _ in range(slots.size):  # a thread abandoned by its prediction keeps its slot
+                await slots.acquire()
+            for _ in range(slots.size):
+                slots.release()
         await self.loading.unload()
         return True
 

@@ -41,6 +41,7 @@ class EndpointOptions:
     batch_key: Callable[[Any], Hashable] | None = None
     batch_cost: Callable[[Any], tuple[int, int]] | None = None
     description: str | None = None
+    batches_itself: bool = False
 
 
 def endpoint(
@@ -52,15 +53,20 @@ def endpoint(
     batch_key: Callable[[Any], Hashable] | None = None,
     batch_cost: Callable[[Any], tuple[int, int]] | None = None,
     description: str | None = None,
+    batches_itself: bool = False,
 ) -> Any:
     """Expose a model method as its own route (``POST /<name>``).
 
     A ``batchable`` method takes a list of inputs and returns a list of outputs of the same
     length. ``batch_key(input)`` says which inputs may share a call; ``batch_cost(input)``
     returns ``(items, pixels)`` counted against ``batching.max_batch_size`` and
-    ``batching.max_batch_pixels``.
+    ``batching.max_batch_pixels``. A method that ``batches_itself`` takes one input but
+    merges concurrent calls on its own (continuous batching): the runner lets up to
+    ``batching.max_batch_size`` of them into the model per slot, as it does for a batch.
     """
-    opts = EndpointOptions(name, route, batchable, batch_key, batch_cost, description)
+    opts = EndpointOptions(
+        name, route, batchable, batch_key, batch_cost, description, batches_itself
+    )
 
     def mark(fn: Callable) -> Callable:
         fn.__impasto_endpoint__ = opts  # type: ignore[attr-defined]
@@ -118,6 +124,7 @@ class EndpointSpec:
     postprocess: CallSpec | None = None
     has_media: bool = False  # its input decodes media: validated in the input pool
     slotted: bool = True  # False: runs beside predictions, outside the predict slots
+    batches_itself: bool = False  # one input per call; the model merges concurrent calls
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "has_media", _has_media(self.input_model))
@@ -371,6 +378,7 @@ def _endpoint(
         batch_key=opts.batch_key,
         batch_cost=opts.batch_cost,
         description=opts.description or inspect.getdoc(getattr(cls, attr)),
+        batches_itself=opts.batches_itself and not opts.batchable,
     )
 
 

@@ -7,7 +7,8 @@ import sys
 import typer
 
 from .. import __version__
-from . import models
+from . import deploy, jobs, models
+from .build import build
 from .init import init
 from .output import DEBUG
 from .predict import predict
@@ -47,9 +48,12 @@ def _root(
 app.command("init")(init)
 app.command("serve")(serve)
 app.command("setup")(setup)
+app.command("build")(build)
 app.command("predict")(predict)
 app.command("ui")(ui)
 app.add_typer(models.app, name="models", help="The local model store.")
+app.add_typer(jobs.app, name="jobs", help="Async jobs: the local store, or a server (--url).")
+app.add_typer(deploy.app, name="deploy", help="Deploy packages to a cluster (Ray Serve).")
 
 
 def main() -> None:

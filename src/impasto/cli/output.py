@@ -119,3 +119,26 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers = []
         logger.propagate = True
+
+
+class ProgressBar:
+    """A progress bar on a terminal, fed by a prediction's or a job's progress events."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, event: Any) -> None:
+        if event.kind != "progress" or not err_console.is_terminal:
+            return
+        if self.bar is None:
+            from rich.progress import Progress
+
+            self.bar = Progress(console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("generating", total=event.data.get("total"))
+        self.bar.update(self.task, completed=event.data.get("step"), total=event.data.get("total"))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -39,7 +39,13 @@ from ..package import load_package
 from ..server.requests import prefs_from
 from ..server.responses import encode_result
 from ..serving import runner_for
-from .output import LogLevel, configure_logging, console, err_console, handle_errors
+from .output import (
+    LogLevel,
+    ProgressBar,
+    configure_logging,
+    console,
+    handle_errors,
+)
 
 
 def _input(data: str | None, file: Path | None, example: str | None, path: Path) -> Any:
@@ -102,29 +108,6 @@ def _format_of(out: Path) -> str | None:
     return None
 
 
-class _Progress:
-    """A progress bar on a terminal, fed by the prediction's progress events."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __call__(self, event: Any) -> None:
-        if event.kind != "progress" or not err_console.is_terminal:
-            return
-        if self.bar is None:
-            from rich.progress import Progress
-
-            self.bar = Progress(console=err_console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("generating", total=event.data.get("total"))
-        self.bar.update(self.task, completed=event.data.get("step"), total=event.data.get("total"))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 async def _run_local(
     path: Path, payload: Any, endpoint: str | None, out: str | None, log_level: str
 ) -> None:
@@ -132,7 +115,7 @@ async def _run_local(
     configure_logging(log_level, package.redactor)  # the model's own log lines are redacted too
     runner = runner_for(package)
     undo = logs.install(package.redactor)
-    progress = _Progress()
+    progress = ProgressBar()
     try:
         if not await runner.load():
             raise NotReady(f"load() failed: {runner.load_error}")
@@ -223,6 +206,12 @@ def predict(
     ),
     endpoint: str | None = typer.Option(None, "--endpoint", "-e", help="Endpoint to call."),
     url: str | None = typer.Option(None, "--url", help="Send to a running server instead."),
+    as_job: bool = typer.Option(
+        False, "--async", help="With --url: submit it as a job and print its id."
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="With --url: submit it as a job and wait (a progress bar)."
+    ),
     log_level: LogLevel = typer.Option(
         LogLevel.warning,
         envvar="IMPASTO_LOG_LEVEL",
@@ -235,6 +224,13 @@ def predict(
     Example: impasto predict examples/tiny-sd -d '{"prompt": "a red fox"}' -o fox.png
     """
     payload = _input(data, file, example, path)
+    if as_job or wait:
+        if not url:
+            raise InputError("--async and --wait submit a job to a server: add --url", field="url")
+        from .jobs import submit
+
+        submit(url, payload, endpoint, wait, output)
+        return
     if url:
         _run_remote(url, payload, endpoint, output)
         return

@@ -209,6 +209,9 @@ def serve(
         envvar="IMPASTO_UI",
         help="Serve the playground at /ui (default: with impasto[ui] installed, on loopback).",
     ),
+    on_ray: bool = typer.Option(
+        False, "--ray", help="Serve on a local Ray instance, as `impasto deploy ray` does."
+    ),
 ) -> None:
     """Serve packages; models load in the background while /health/ready answers 503.
 
@@ -227,6 +230,11 @@ def serve(
     if install:
         for folder in folders or model_paths(models_file):
             install_requirements(folder)
+    if on_ray:
+        from .deploy import serve_on_ray
+
+        serve_on_ray(folders, host, port)
+        return
     if reload:
         from ..config import load_config
         from ..ui import ui_enabled

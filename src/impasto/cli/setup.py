@@ -13,8 +13,10 @@ from pathlib import Path
 
 import typer
 
+from ..config import load_config
 from ..errors import NotReady
-from ..package import Package, load_package
+from ..formats import detect_format
+from ..package import Package, load_package, package_scope
 from ..serving import runner_for
 from .folders import choose_service_class, install_requirements, package_path
 from .output import configure_logging, console, handle_errors
@@ -47,14 +49,31 @@ def setup(
         None, envvar="IMPASTO_ENVIRONMENT", help="Deployment environment name for the model."
     ),
     log_level: str = typer.Option("info", envvar="IMPASTO_LOG_LEVEL"),
+    download_only: bool = typer.Option(
+        False,
+        "--download-only",
+        help="Only download the weights the config declares (model_cache, hub ids); "
+        "import no package code.",
+    ),
 ) -> None:
     """Load a package once (load(), setup(), model_fn) and exit 0, or non-zero if it fails."""
+    from ..store.prefetch import prefetch
+
     folder = package_path(path)
     if environment:
         os.environ["IMPASTO_ENVIRONMENT"] = environment
     choose_service_class(service_class)
     if install:
         install_requirements(folder)
+    root = folder.resolve()
+    fmt = detect_format(root)
+    config = fmt.config(root) if fmt else load_config(root / "config.yaml")
+    configure_logging(log_level)
+    with package_scope(root, config):
+        fetched = prefetch(root, config)
+    if download_only:
+        console.print(f"{root.name}: {len(fetched)} download(s) in place")
+        return
     package = load_package(folder)
     configure_logging(log_level, package.redactor)
     seconds = asyncio.run(load_once(package))

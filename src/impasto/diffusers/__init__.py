@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .calls import batch_cost, batch_key
+from .continuous import ContinuousEngine
 from .model import DiffusersModel, model_class_for
 from .pipelines import (
     DEFAULT_SCHEDULERS,
@@ -44,6 +45,7 @@ def import_model(ref: str, source: str | Path, *, home: Path | None = None, **op
 __all__ = [
     "DEFAULT_SCHEDULERS",
     "TASKS",
+    "ContinuousEngine",
     "DiffusersModel",
     "ImageResult",
     "Img2ImgInput",

@@ -136,6 +136,14 @@ def native_size(pipe: Any) -> int:
     return int(sample) * int(getattr(pipe, "vae_scale_factor", 8))
 
 
+def pipeline_kwargs(pipe: Any, kwargs: dict[str, Any], hook: Any) -> dict[str, Any]:
+    """The arguments ``pipe`` takes, with the step hook as its ``callback_on_step_end``."""
+    names = accepted(pipe)
+    call = {k: v for k, v in kwargs.items() if k in names and v is not None}
+    call["callback_on_step_end"] = hook
+    return call
+
+
 def accepted(pipe: Any) -> frozenset[str]:
     """The keyword arguments a pipeline's ``__call__`` takes."""
     return _call_parameters(type(pipe))

@@ -5,14 +5,17 @@ subclass whose endpoints (``text2img``, ``img2img``, ``inpaint``, ``img2vid``) t
 models bounded by that config and hide the tasks the pipeline cannot do. A custom model.py
 may subclass :class:`DiffusersModel` (e.g. to fetch weights in ``load()``) and keeps all of it.
 
-Batching contract: one pipeline call per batch, one generator per image, results split
-back per request in order. Every call holds one lock (a pipeline is not thread-safe), runs
-under ``torch.inference_mode()`` and reports progress / honours cancellation per step.
+Batching contract (``batching.mode: static``): one pipeline call per batch, one generator
+per image, results split back per request in order. Every call holds one lock (a pipeline is
+not thread-safe), runs under ``torch.inference_mode()`` and reports progress / honours
+cancellation per step. With ``batching.mode: continuous`` the image tasks are per-request
+``async`` endpoints served by a :class:`~impasto.diffusers.continuous.ContinuousEngine`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Hashable, Sequence
@@ -20,16 +23,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import DiffusersConfig, PackageConfig
+from ..config import Batching, DiffusersConfig, PackageConfig
 from ..context import RequestContext
 from ..errors import ConfigError, ImpastoError, InputError, ModelError, NotFound, NotReady
 from ..spec import endpoint
 from .calls import (
-    accepted,
     batch_cost,
     batch_key,
     image_batch,
     native_size,
+    pipeline_kwargs,
     random_seed,
     video_kwargs,
 )
@@ -48,6 +51,7 @@ from .schemas import (
 
 IMAGE_TASKS = ("text2img", "img2img", "inpaint")
 _COST = partial(batch_cost, DiffusersConfig(model="-"))
+log = logging.getLogger("impasto.diffusers")
 
 
 class DiffusersModel:
@@ -55,6 +59,7 @@ class DiffusersModel:
 
     impasto_default_endpoint: ClassVar[str] = "text2img"
     impasto_tasks: ClassVar[tuple[str, ...] | None] = None  # set by model_class_for
+    impasto_continuous: ClassVar[bool] = False  # image tasks served by the continuous engine
     impasto_schemas: ClassVar[dict[str, Any]] = {
         "text2img": Text2ImgInput,
         "img2img": Img2ImgInput,
@@ -71,11 +76,16 @@ class DiffusersModel:
     ) -> None:
         if isinstance(config, PackageConfig):
             section: Any = config.diffusers
+            batching: Any = config.batching
         else:
             section = (config or {}).get("diffusers")
+            batching = (config or {}).get("batching") or {}
         if section is None:
             raise ConfigError("config.yaml has no `diffusers:` section", field="diffusers")
         self.cfg = DiffusersConfig.model_validate(section)
+        self.batching = Batching.model_validate(batching)
+        self.engine: Any = None  # a ContinuousEngine once loaded in continuous mode
+        self._fallback: dict[str, Any] = {}  # task -> BatchQueue, when the engine is not used
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.secrets = secrets
         self.environment = environment
@@ -96,7 +106,8 @@ class DiffusersModel:
         return self._store
 
     def load(self) -> None:
-        """Load the pipeline once, derive the task pipelines, then run the warm-up shapes."""
+        """Load the pipeline once, derive the task pipelines, run the warm-up shapes, then
+        (in continuous mode) start the step loop."""
         tasks = list(
             self.impasto_tasks
             or self.cfg.tasks
@@ -110,6 +121,7 @@ class DiffusersModel:
             allow_pickle=self.cfg.allow_pickle,
         )
         self.warmup()
+        self.start_engine()
 
     def warmup(self) -> None:
         """Run each ``warmup`` shape once so the first real request is not the slow one."""
@@ -135,6 +147,33 @@ class DiffusersModel:
             else:
                 self.generate_images(task, [inp], [RequestContext("warmup")])
             self.warmup_seconds.append(time.perf_counter() - started)
+
+    def start_engine(self) -> None:
+        """In continuous mode, start the step loop (or log why this pipeline cannot use it)."""
+        if not type(self).impasto_continuous or self.engine is not None:
+            return
+        from .continuous import ContinuousEngine, unsupported_reason
+
+        reason = unsupported_reason(self.cfg, self._loaded())
+        if reason is not None:
+            log.warning("batching.mode continuous is not used: %s; batching is static", reason)
+            return
+        self.engine = ContinuousEngine(
+            self,
+            max_batch_size=self.batching.max_batch_size,
+            max_batch_pixels=self.batching.max_batch_pixels,
+        )
+
+    def engine_stats(self) -> dict[str, Any]:
+        """The continuous engine's figures for the metrics (empty without one)."""
+        return self.engine.stats() if self.engine is not None else {}
+
+    def unload(self) -> None:
+        """Stop the continuous engine's threads, which hold the pipelines (the runner calls
+        this before dropping the model, e.g. to load another in its place)."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     def resolve_lora(self, ref: str) -> tuple[str, Path]:
         """A LoRA ref to ``(identity, path)``: a store ref, or a path inside ``data_dir``.
@@ -209,16 +248,33 @@ class DiffusersModel:
                 results[i] = out
         return results
 
+    async def submit_image(self, task: str, input: Any, context: RequestContext) -> ImageResult:
+        """One image request in continuous mode: the engine, else static batching in a queue
+        of this model's own (when the loaded pipeline turned out not to suit the engine)."""
+        if self.engine is not None:
+            return await self.engine.submit(task, input, context)
+        from .continuous import Waiter, static_queue
+
+        if task not in self._fallback:
+            self._fallback[task] = static_queue(self, task)
+        return await self._fallback[task].submit(input, Waiter(context))
+
     def _run_images(
-        self, task: str, inputs: list[Any], contexts: list[RequestContext]
+        self,
+        task: str,
+        inputs: list[Any],
+        contexts: list[RequestContext],
+        call: Any = None,
     ) -> list[ImageResult]:
+        """Run one pipeline call for ``inputs`` and build their results; ``call`` replaces
+        :meth:`_call` (the continuous engine passes its own, same signature)."""
         pset = self._loaded()
         first = inputs[0]
         width, height = self._size(pset, first)
         batch = image_batch(task, inputs, width, height)
         hook = StepHook(contexts, batch.spans, first.num_inference_steps, self.cfg.preview_every)
         loras = [(lo.ref, lo.scale) for lo in first.loras]
-        out, pipe, seconds = self._call(task, first.scheduler, batch.kwargs, hook, loras)
+        out, pipe, seconds = (call or self._call)(task, first.scheduler, batch.kwargs, hook, loras)
         timings = {"queue_s": contexts[0].timings.get("queue_s", 0.0), "inference_s": seconds}
         if loras and self.loras is not None:
             timings["lora_load_s"] = self.loras.load_seconds
@@ -269,20 +325,15 @@ class DiffusersModel:
         loras: list[tuple[str, float]],
     ) -> tuple[Any, Any, float]:
         """Run one pipeline call under the lock, with LoRAs applied and always unset after."""
-        import torch
-
         pset = self._loaded()
         with self._lock:
             hook.raise_if_all_cancelled()  # canceled while waiting for the lock
             pipe = pset.for_task(task, scheduler)
-            names = accepted(pipe)
-            call = {k: v for k, v in kwargs.items() if k in names and v is not None}
-            call["callback_on_step_end"] = hook
+            call = pipeline_kwargs(pipe, kwargs, hook)
             assert self.loras is not None
             with self.loras.applied(loras):
                 started = time.perf_counter()
-                with torch.inference_mode():
-                    out = pipe(**call)  # its own errors are the model's (500), never a 422
+                out = invoke_pipeline(pipe, call)
                 return out, pipe, time.perf_counter() - started
 
     def _size(self, pset: PipelineSet, inp: Any) -> tuple[int, int]:
@@ -324,8 +375,18 @@ class DiffusersModel:
         return {k: v for k, v in recipe.items() if v is not None}
 
 
-def _task_endpoint(task: str, schema: type, cfg: DiffusersConfig) -> Any:
-    """A fresh endpoint method for ``task`` whose input annotation is ``schema``."""
+def invoke_pipeline(pipe: Any, call: dict[str, Any]) -> Any:
+    """``pipe(**call)`` under ``torch.inference_mode()``; its own errors are the model's
+    (500), never a 422: inputs are checked before the pipeline runs."""
+    import torch
+
+    with torch.inference_mode():
+        return pipe(**call)
+
+
+def _task_endpoint(task: str, schema: type, cfg: DiffusersConfig, continuous: bool) -> Any:
+    """A fresh endpoint method for ``task`` whose input annotation is ``schema``: batchable
+    (static batching), or one request per call awaiting the continuous engine."""
     if task == "img2vid":
 
         def run_video(self: DiffusersModel, input: Any, context: RequestContext) -> Any:
@@ -338,6 +399,18 @@ def _task_endpoint(task: str, schema: type, cfg: DiffusersConfig) -> Any:
         }
         fn: Any = run_video
         opts: dict[str, Any] = {}
+    elif continuous:
+
+        async def run_image(self: DiffusersModel, input: Any, context: RequestContext) -> Any:
+            return await self.submit_image(task, input, context)
+
+        run_image.__annotations__ = {
+            "input": schema,
+            "context": RequestContext,
+            "return": ImageResult,
+        }
+        fn = run_image
+        opts = {"batches_itself": True}  # the runner lets a batch's worth in at once
     else:
 
         def run_images(self: DiffusersModel, inputs: Any, contexts: Any) -> Any:
@@ -367,13 +440,26 @@ def model_class_for(
     Tasks come from ``diffusers.tasks``, else from the pipeline class named in the store
     manifest or ``model_index.json`` (read without loading weights). The first task is what
     ``/predict`` runs. Task methods the user's subclass overrides are kept as they are.
+
+    With ``batching.mode: continuous`` the image tasks become one-request ``async``
+    endpoints served by the continuous engine, unless the pipeline class is one it cannot
+    drive (then batching stays static, and the log says why).
     """
     base = base or DiffusersModel
     cfg = config.diffusers
     if cfg is None:
         raise ConfigError("config.yaml has no `diffusers:` section", field="diffusers")
-    tasks = list(cfg.tasks or _tasks_from_model(cfg))
+    class_name = _class_name(cfg)
+    tasks = list(cfg.tasks or supported_tasks(class_name))
     schemas = make_schemas(cfg)
+    continuous = config.batching.enabled and config.batching.mode == "continuous"
+    if continuous:
+        from .continuous import config_reason
+
+        reason = config_reason(cfg, class_name)
+        if reason is not None:
+            log.warning("batching.mode continuous is not used: %s; batching is static", reason)
+            continuous = False
     namespace: dict[str, Any] = {
         "__module__": base.__module__,
         "__qualname__": base.__qualname__,
@@ -381,22 +467,29 @@ def model_class_for(
         "impasto_tasks": tuple(tasks),
         "impasto_schemas": schemas,
         "impasto_default_endpoint": tasks[0],
+        "impasto_continuous": continuous,
     }
     for task in TASKS:
         if task not in tasks:
             namespace[task] = None  # hides the endpoint
         elif getattr(base, task, None) is getattr(DiffusersModel, task):
-            namespace[task] = _task_endpoint(task, schemas[task], cfg)
+            namespace[task] = _task_endpoint(task, schemas[task], cfg, continuous)
     return type(base.__name__, (base,), namespace)
 
 
-def _tasks_from_model(cfg: DiffusersConfig, **where: Any) -> list[str]:
-    """What the configured pipeline supports; the image tasks when it cannot be found yet
-    (e.g. a model.py that fetches its weights in ``load()``)."""
+def _class_name(cfg: DiffusersConfig, **where: Any) -> str | None:
+    """The configured pipeline class, read without loading weights; None when it cannot be
+    found yet (e.g. a model.py that fetches its weights in ``load()``)."""
     if cfg.pipeline != "auto":
-        return supported_tasks(cfg.pipeline)
+        return cfg.pipeline
     try:
         source = resolve_source(cfg.model, **where)
     except ImpastoError:
-        return list(IMAGE_TASKS)
-    return supported_tasks(source.class_name())
+        return None
+    return source.class_name()
+
+
+def _tasks_from_model(cfg: DiffusersConfig, **where: Any) -> list[str]:
+    """What the configured pipeline supports (the image tasks when it is not known yet)."""
+    name = _class_name(cfg, **where)
+    return supported_tasks(name) if name is not None else list(IMAGE_TASKS)

@@ -210,7 +210,21 @@ def fetch_url(url: str, *, field: str, config: MediaConfig) -> tuple[bytes, str 
 
 
 def _checked_addresses(url: httpx.URL, field: str, config: MediaConfig) -> list[str]:
-    """The host's addresses (IPv4 first), each refused unless public or private is allowed."""
+    return checked_addresses(url, field=field, allow_private=config.allow_private_urls)
+
+
+def checked_addresses(
+    url: httpx.URL,
+    *,
+    field: str,
+    allow_private: bool,
+    setting: str = "media.allow_private_urls",
+) -> list[str]:
+    """The host's addresses (IPv4 first), each refused unless public or ``allow_private``
+    (the knob named ``setting``): what every URL impasto itself connects to (media inputs,
+    webhooks) goes through, so loopback, private and link-local targets are refused alike.
+    Connect to one of these addresses, not to the name, so a second DNS answer cannot slip
+    a private address in after the check."""
     if url.scheme not in ("http", "https") or not url.host:
         raise InputError(f"{field}: only http(s) URLs are accepted, got {url}", field=field)
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -220,10 +234,10 @@ def _checked_addresses(url: httpx.URL, field: str, config: MediaConfig) -> list[
         raise InputError(f"{field}: cannot resolve {url.host}: {exc}", field=field) from None
     addresses = sorted(dict.fromkeys(str(info[4][0]) for info in infos), key=lambda a: ":" in a)
     for address in addresses:
-        if not config.allow_private_urls and not _is_public(address):
+        if not allow_private and not _is_public(address):
             raise InputError(
                 f"{field}: {url.host} resolves to non-public address {address}; refused "
-                "(media.allow_private_urls is false)",
+                f"({setting} is false)",
                 field=field,
             )
     return addresses

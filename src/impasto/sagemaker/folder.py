@@ -35,6 +35,8 @@ PROGRAM_ENV = "SAGEMAKER_PROGRAM"
 DEFAULT_PROGRAM = "inference.py"
 MODEL_DIR_ENV = "SM_MODEL_DIR"
 DEFAULT_MODEL_DIR = "/opt/ml/model"
+SHIM_MARKER = "# impasto: SageMaker entry point"
+"""The first line of the ``code/inference.py`` impasto generates for an impasto package."""
 
 
 def program_file(root: Path) -> Path:
@@ -44,10 +46,22 @@ def program_file(root: Path) -> Path:
 
 
 def has_sagemaker_files(root: Path) -> bool:
-    """A handler module, or a diffusers pipeline with no impasto config beside it."""
-    if program_file(root).is_file():
+    """A handler module, or a diffusers pipeline with no impasto config beside it. The
+    ``code/inference.py`` that ``impasto build --format sagemaker`` writes for an impasto
+    package does not count: that folder is the impasto package, the shim is for the toolkit."""
+    program = program_file(root)
+    if program.is_file() and not is_impasto_shim(program):
         return True
     return (root / "model_index.json").is_file() and not (root / "config.yaml").is_file()
+
+
+def is_impasto_shim(path: Path) -> bool:
+    """Whether ``path`` is the handler module impasto generates for an impasto package."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as file:
+            return file.readline().startswith(SHIM_MARKER)
+    except OSError:
+        return False
 
 
 def sagemaker_model_dir() -> Path:

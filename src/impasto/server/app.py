@@ -49,6 +49,8 @@ class ServerSettings:
     api_keys: ApiKeys | None = None  # keys every protocol's routes require (None: open)
     results: ResultsConfig = field(default_factory=ResultsConfig)  # results served by URL
     ui: bool = False  # the playground at /ui (impasto.ui; needs the ui extra)
+    # durable async jobs: called with the CallPath, gives routes(), start() and aclose()
+    jobs: Callable[[CallPath], Any] | None = None
 
 
 def create_app(
@@ -63,6 +65,7 @@ def create_app(
     registry = models
     title = settings.model_name or registry.default.name
     callpath = CallPath(registry, settings)
+    jobs = callpath.jobs = settings.jobs(callpath) if settings.jobs is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -77,9 +80,13 @@ def create_app(
                 settings.on_ready(app)  # every model that loads at start has
 
         registry.start(loaded)
+        if jobs is not None:
+            await jobs.start()
         try:
             yield
         finally:
+            if jobs is not None:  # first: running jobs go back to the queue, not fail
+                await jobs.aclose()
             await registry.pool.aclose()
             for runner in registry:
                 await runner.aclose()
@@ -120,6 +127,7 @@ def create_app(
         Mount("/docs/assets", StaticFiles(directory=docs_assets()), name="docs-assets"),
         Route("/metrics", metrics_route, methods=["GET"]),
         *(route for adapter in adapters for route in adapter.routes()),
+        *(jobs.routes() if jobs is not None else ()),
         *settings.extra_routes,
     ]
     middleware = [Middleware(RequestIdMiddleware)]

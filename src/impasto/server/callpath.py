@@ -138,6 +138,7 @@ class CallPath:
     def __init__(self, models: Models, settings: Any = None) -> None:
         self.models = models
         self.settings = settings  # the server's settings, for adapters that need them
+        self.jobs: Any = None  # the job store's service (impasto.jobs), when it runs
         self._watch = _DisconnectWatch()
 
     async def handle(

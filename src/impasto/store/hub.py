@@ -89,14 +89,15 @@ def offline_reason(timeout: float = 3.0) -> str | None:
 
 def download(
     repo_id: str,
-    local_dir: Path,
+    local_dir: Path | None,
     *,
     revision: str | None = None,
     allow_patterns: list[str] | None = None,
     ignore_patterns: list[str] | None = None,
     token: str | None = None,
 ) -> Path:
-    """Download a hub snapshot into ``local_dir``; rerunning with the same folder resumes."""
+    """Download a hub snapshot into ``local_dir`` (None: the Hugging Face cache, where
+    ``from_pretrained`` finds it); rerunning with the same folder resumes."""
     try:
         import huggingface_hub
         from huggingface_hub import errors as hf_errors
@@ -119,7 +120,7 @@ def download(
             revision=revision,
             allow_patterns=allow_patterns,
             ignore_patterns=ignore_patterns,
-            local_dir=str(local_dir),
+            local_dir=None if local_dir is None else str(local_dir),
             token=token,
         )
     except hf_errors.GatedRepoError:

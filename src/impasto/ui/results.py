@@ -85,7 +85,10 @@ def split_outputs(output: Any, folder: Path) -> Outputs:
             return [walk(v) for v in value]
         return value
 
-    out.rest = walk(output)
+    rest = walk(output)
+    # the JSON component parses a string as JSON text: a lone media object (a model that
+    # returns one image or one video) or a plain string result is shown under "output"
+    out.rest = {"output": rest} if isinstance(rest, str) else rest
     if isinstance(output, dict):
         seeds = output.get("seeds")
         seed = seeds[0] if isinstance(seeds, list) and seeds else output.get("seed")

@@ -16,16 +16,18 @@ Statuses follow Cog: a model that raised is 200 with ``status: "failed"``; inval
 dropped); a full queue is 409 "At capacity" (Cog has no queue: ``runtime.max_queue: 0``
 gives its exact behaviour); a model still loading is 503 "Setup has not finished yet".
 
-Asynchronous predictions (``Prefer: respond-async``, webhooks), ``PUT /predictions/{id}``
-and cancel need a durable owner for the prediction: the job store adds them on top of
-:func:`read_prediction_request` and :func:`prediction_body`, which are the whole protocol.
+Asynchronous predictions (``Prefer: respond-async``, webhooks), ``PUT /predictions/{id}``,
+``GET /predictions[/{id}]`` and cancel need a durable owner for the prediction: the job
+store (:mod:`impasto.jobs.cog_api`) serves them on top of :func:`read_prediction_request`,
+:func:`prediction_body` and :func:`cog_output`, which are the whole protocol; a
+``respond-async`` request is handed to it from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -131,18 +133,20 @@ def prediction_body(
     return body
 
 
-def cog_output(result: Any, media: MediaConfig) -> Any:
-    """A result as Cog writes it: media as ``data:`` URIs; a result holding media (an
-    impasto ImageResult...) as just its media, one URI or a list of them."""
+def cog_output(result: Any, media: MediaConfig, uri: Callable[[Any], str] | None = None) -> Any:
+    """A result as Cog writes it: media as ``data:`` URIs (or what ``uri`` makes of each:
+    a job's stored file); a result holding media (an impasto ImageResult...) as just its
+    media, one URI or a list of them."""
+    to_uri = uri or (lambda value: _uri(value, media))
     if isinstance(result, Gathered):
-        return [cog_output(chunk, media) for chunk in result]
+        return [cog_output(chunk, media, uri) for chunk in result]
     if is_media(result):
-        return _uri(result, media)
+        return to_uri(result)
     found = find_media(result)
     if found:
         if isinstance(result, list | tuple) and len(found) == len(result):
-            return [_uri(x, media) for x in found]
-        return _uri(found[0], media) if len(found) == 1 else [_uri(x, media) for x in found]
+            return [to_uri(x) for x in found]
+        return to_uri(found[0]) if len(found) == 1 else [to_uri(x) for x in found]
     return to_jsonable(result, config=media)
 
 
@@ -183,14 +187,18 @@ class CogAdapter:
     async def predictions(self, request: Request) -> Response:
         if media_type(request) != "application/json":
             return PlainTextResponse("Expected request with `Content-Type: application/json`", 415)
-        if "respond-async" in (header(request, b"prefer") or ""):
-            body = {
-                "error": "asynchronous predictions (Prefer: respond-async) need impasto's job "
-                "store, which this server does not run; send the request without it",
-                "status": "failed",
-            }
-            return FastJSONResponse(body, 501)
         model, endpoint = self.models.split(request.path_params.get("name"))
+        if "respond-async" in (header(request, b"prefer") or ""):
+            jobs = getattr(self.callpath, "jobs", None)
+            if jobs is None:
+                body = {
+                    "error": "asynchronous predictions (Prefer: respond-async) need impasto's "
+                    "job store, which this server does not run (install impasto[jobs], and "
+                    "leave jobs.enabled on); send the request without it",
+                    "status": "failed",
+                }
+                return FastJSONResponse(body, 501)
+            return await jobs.cog.create(request, model, endpoint)
         return await self.callpath.handle(request, self, model, endpoint)
 
     async def health_check(self, request: Request) -> Response:

@@ -38,6 +38,7 @@ from ...prediction import Prediction
 from ...sagemaker import codec
 from ...sagemaker.mms import CUSTOM_ATTRIBUTES, Headers
 from ...sagemaker.model import Invocation, Reply
+from ...spec import EndpointSpec
 from ..callpath import CallPath, Gathered, Inbound, Target
 from ..dialects import Claim
 from ..errors import error_response
@@ -57,7 +58,7 @@ _TYPES = {
 _ALIASES = {"num_images_per_prompt": "num_images"}  # diffusers' name -> impasto's field
 
 
-class _Writers:
+class Writers:
     """What both dialects write alike: a result, a stream of chunks (no reader here asks
     for one from a streaming endpoint, which is gathered) and events (never asked for)."""
 
@@ -89,7 +90,7 @@ class _Writers:
         return StreamingResponse(result(), media_type=p.ctx.output.accept or "application/json")
 
 
-class SageMakerAdapter(_Writers):
+class SageMakerAdapter(Writers):
     """The toolkit's ``/invocations`` for SageMaker folders; ``/ping``; the API alias."""
 
     def __init__(self, callpath: CallPath) -> None:
@@ -136,9 +137,9 @@ class SageMakerAdapter(_Writers):
         headers = Headers(
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
         )
-        accept = codec.accept_type(header(request, b"accept"))
-        invocation = Invocation(body, header(request, b"content-type"), accept, headers)
-        return Inbound(invocation, OutputPrefs(accept=accept), size=len(body))
+        return toolkit_inbound(
+            body, header(request, b"content-type"), header(request, b"accept"), headers
+        )
 
     def write_error(self, request: Request, error: ImpastoError) -> Response:
         return toolkit_error(error.status, error.message, error.headers)
@@ -151,7 +152,7 @@ def toolkit_error(status: int, message: str, headers: dict[str, str] | None = No
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-class InvocationsAdapter(_Writers):
+class InvocationsAdapter(Writers):
     """``/invocations`` for impasto's own packages: JSON onto their endpoints."""
 
     async def invocations(self, request: Request) -> Response:
@@ -161,22 +162,42 @@ class InvocationsAdapter(_Writers):
         return await self.callpath.handle(request, self, None, endpoint or None)
 
     async def read(self, request: Request, target: Target) -> Inbound:
-        kind = media_type(request)
-        if kind.startswith(("image/", "audio/", "video/")) or kind == "text/csv":
-            raise MalformedInput(
-                f"Content type {kind} is not supported for this model: send a JSON body, "
-                '{"inputs": ..., "parameters": {...}} or the endpoint\'s own fields, with '
-                "media as base64",
-                field="body",
-            )
+        check_json_type(media_type(request))
         body = await target.body()
-        payload = from_toolkit(await target.json(body), target.endpoint.input_model)
-        accept = header(request, b"accept")
-        prefs = OutputPrefs(accept=None if codec.accept_type(accept) == codec.JSON else accept)
-        return Inbound(payload, prefs, gather=target.endpoint.streams, size=len(body))
+        return mapped_inbound(
+            await target.json(body), target.endpoint, header(request, b"accept"), len(body)
+        )
 
     def write_error(self, request: Request, error: ImpastoError) -> Response:
         return error_response(error)
+
+
+def toolkit_inbound(
+    body: bytes, content_type: str | None, accept: str | None, headers: Headers
+) -> Inbound:
+    """A SageMaker folder's request: the raw body and its types, for its handlers."""
+    accept = codec.accept_type(accept)
+    invocation = Invocation(body, content_type, accept, headers)
+    return Inbound(invocation, OutputPrefs(accept=accept), size=len(body))
+
+
+def check_json_type(kind: str) -> None:
+    """impasto's own packages take JSON on ``/invocations``: media bodies are refused."""
+    if kind.startswith(("image/", "audio/", "video/")) or kind == "text/csv":
+        raise MalformedInput(
+            f"Content type {kind} is not supported for this model: send a JSON body, "
+            '{"inputs": ..., "parameters": {...}} or the endpoint\'s own fields, with '
+            "media as base64",
+            field="body",
+        )
+
+
+def mapped_inbound(data: Any, endpoint: EndpointSpec, accept: str | None, size: int) -> Inbound:
+    """An impasto package's request: the toolkit's JSON onto the endpoint's fields, the
+    Accept picking the output format."""
+    payload = from_toolkit(data, endpoint.input_model)
+    prefs = OutputPrefs(accept=None if codec.accept_type(accept) == codec.JSON else accept)
+    return Inbound(payload, prefs, gather=endpoint.streams, size=size)
 
 
 def custom_attributes(value: str | None) -> dict[str, str]:
