@@ -9,6 +9,7 @@ and again whenever the shipped weights change), and checks every file against
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ def import_shipped(store: Any, name: str, data_dir: Path) -> Any:
         stored = None
     if stored is not None and _sums(stored) == expected:
         return stored
+    logging.getLogger("impasto.diffusers").info(
+        "importing %s into the model store at %s (checked against %s)",
+        name, store.home, data_dir / "SHA256SUMS",
+    )  # fmt: skip
     stored = store.import_folder(name, data_dir / "pipeline")
     if _sums(stored) != expected:
         store.remove(stored.ref)
