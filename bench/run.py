@@ -43,6 +43,7 @@ SECTIONS = {
     "coldstart": ("bench.coldstart", "process start to first prediction; store vs folder"),
     "jobs": ("bench.jobs", "async jobs accepted per second on each store vs sync /predict"),
     "ray": ("bench.rayserve", "Ray Serve: ingress overhead, replicas (opt-in: --only ray)"),
+    "painter": ("bench.painter", "the trained tiny painter vs random tiny-sd, request time"),
     "peers": ("bench.peers", "the same workloads on peer frameworks (opt-in: --peers)"),
 }
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"

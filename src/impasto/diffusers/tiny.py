@@ -12,8 +12,9 @@ serves text2img, img2img and inpaint.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,29 +53,48 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
-def tiny_tokenizer() -> Any:
-    """A working byte-level CLIP tokenizer built without any download (77 tokens max)."""
+def tiny_tokenizer(words: Sequence[str] = _WORDS) -> Any:
+    """A working byte-level CLIP tokenizer built without any download (77 tokens max).
+
+    Each of ``words`` gets a token of its own; any other word is spelled out in characters.
+    """
     from transformers import CLIPTokenizer
 
     chars = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for tok in chars + [c + "</w>" for c in chars]:
         vocab[tok] = len(vocab)
-    merges: list[tuple[str, str]] = []
-    for word in _WORDS:
-        if len(word) < 2:
-            continue
-        current = word[0]
-        for i, ch in enumerate(word[1:], start=1):
-            piece = ch + ("</w>" if i == len(word) - 1 else "")
-            if (current, piece) not in merges:
-                merges.append((current, piece))
-            current += piece
-            vocab.setdefault(current, len(vocab))
+    merges: dict[tuple[str, str], int] = {}
+    for word in words:
+        # Split the word as the merges so far would, then join what is left, left to right.
+        pieces = _bpe([*word[:-1], word[-1] + "</w>"], merges)
+        while len(pieces) > 1:
+            merges.setdefault((pieces[0], pieces[1]), len(merges))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
     # The end token must have the highest id: CLIP pools the hidden state at the EOS position.
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=77)
+
+
+def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding: merge the best-ranked adjacent pair until none is known."""
+    while len(pieces) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), pair) for pair in itertools.pairwise(pieces)]
+        rank, best = min(pairs)
+        if rank == len(ranks):
+            break
+        merged, i = [], 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best:
+                merged.append(pieces[i] + pieces[i + 1])
+                i += 2
+            else:
+                merged.append(pieces[i])
+                i += 1
+        pieces = merged
+    return pieces
 
 
 def _text_encoder(tok: Any, *, hidden: int, layers: int, projection: int | None = None) -> Any:
