@@ -443,3 +443,46 @@ def test_a_batch_never_runs_items_canceled_while_they_waited():
     assert ran == [[0, 2]]
     assert results[0] == 0 and results[2] == 2
     assert isinstance(results[1], Canceled)
+
+
+def test_a_predictions_cancellation_tells_an_abort_from_a_teardown() -> None:
+    """``Prediction.cancellation``, the one place every owner (HTTP, in-process, jobs, Ray,
+    the playground) turns a task cancellation into how the prediction ends: an abort is
+    raised as the prediction's own error and the task carries on; a teardown nobody asked
+    for propagates and ends it as disconnected (unless the owner settles it itself)."""
+    import asyncio
+
+    from impasto.context import RequestContext
+    from impasto.errors import Canceled, PredictTimeout
+    from impasto.prediction import Prediction
+
+    async def scenario(abort: str | None, end_on_teardown: bool = True):
+        p = Prediction(RequestContext("r"), model="m", endpoint="e")
+        started = asyncio.Event()
+
+        async def work():
+            p.bind(asyncio.current_task())
+            with p.cancellation(end_on_teardown=end_on_teardown):
+                started.set()
+                await asyncio.Event().wait()  # until canceled
+
+        task = asyncio.create_task(work())
+        await started.wait()
+        if abort:
+            p.abort(abort)
+        else:
+            task.cancel()  # the server tearing the task down
+        (outcome,) = await asyncio.gather(task, return_exceptions=True)
+        still_canceling = task.cancelling() if hasattr(task, "cancelling") else 0
+        return p, outcome, still_canceling
+
+    p, outcome, still = asyncio.run(scenario("canceled"))
+    assert isinstance(outcome, Canceled) and still == 0 and not p.done  # the owner writes it
+    p, outcome, still = asyncio.run(scenario("timeout"))
+    assert isinstance(outcome, PredictTimeout) and still == 0
+    p, outcome, _ = asyncio.run(scenario(None))
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert p.status == "canceled" and p.ctx.cancel_reason == "disconnected"
+    p, outcome, _ = asyncio.run(scenario(None, end_on_teardown=False))
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert not p.done and p.ctx.cancel_reason == "disconnected"

@@ -8,15 +8,12 @@ the error of its reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .calls import is_stream
 from .context import OutputPrefs
 from .errors import ImpastoError
-from .prediction import Prediction
-from .streams import uncancel
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -38,7 +35,7 @@ async def predict(
         p.subscribe(on_event)
     p.bind(asyncio.current_task())
     try:
-        async with aborts_as_errors(p):
+        with p.cancellation():
             result = await runner.run(p, await runner.decode(p, payload))
     except ImpastoError as exc:
         p.finish(exc)
@@ -48,18 +45,3 @@ async def predict(
     if not is_stream(result):
         p.succeed(result)
     return result
-
-
-@contextlib.asynccontextmanager
-async def aborts_as_errors(p: Prediction) -> AsyncIterator[None]:
-    """Inside the block, an abort of ``p`` (deadline, disconnect, shutdown, cancel) surfaces
-    as the ImpastoError of its reason instead of a CancelledError; a cancellation that did
-    not come from an abort (the server itself stopping the task) propagates unchanged."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not p.aborted:
-            p.ctx.cancel("disconnected")
-            raise
-        uncancel()
-        raise p.ctx.error() from None

@@ -19,11 +19,12 @@ neither stall nor break a denoising step, and events arrive in the order they we
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from .context import Event, EventSink, RequestContext
@@ -241,6 +242,25 @@ class Prediction:
             "timeout",
         )
 
+    @contextlib.contextmanager
+    def cancellation(self, *, end_on_teardown: bool = True) -> Iterator[None]:
+        """Wraps the awaits of the task working on it. An abort (a deadline, a cancel, the
+        shutdown) comes out as the prediction's own error (``Canceled``, ``PredictTimeout``,
+        ...), which the task then handles like any other. A cancellation nobody asked for
+        (the server tearing the task down when the client left) marks it ``disconnected``
+        and keeps propagating; it also ends the prediction unless ``end_on_teardown`` is
+        False (an owner that settles it itself, like a job worker that is stopping)."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not self.aborted:
+                self.ctx.cancel("disconnected")
+                if end_on_teardown:
+                    self.finish(self.ctx.error())
+                raise
+            uncancel()
+            raise self.ctx.error() from None
+
     def abort(self, reason: str) -> bool:
         """Cancel it for ``reason`` (``timeout``, ``disconnected``, ``shutdown``, ``canceled``):
         the model sees ``ctx.cancelled`` at its next step and the waiting task is canceled.
@@ -255,3 +275,11 @@ class Prediction:
             self.aborted = True
             task.cancel()
         return True
+
+
+def uncancel() -> None:
+    """Forget a cancellation this task handled itself (3.11+), so later awaits and
+    structured-concurrency scopes in it are not affected by it."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .errors import ImpastoError, PredictTimeout
-from .prediction import Prediction
+from .prediction import Prediction, uncancel
 
 _END = object()
 
@@ -167,11 +167,3 @@ class _Stream:
 
 def _deadline_hit(exc: BaseException) -> bool:
     return isinstance(exc.__cause__, asyncio.CancelledError)
-
-
-def uncancel() -> None:
-    """Forget a cancellation this task handled itself (3.11+), so later awaits and
-    structured-concurrency scopes in it are not affected by it."""
-    task = asyncio.current_task()
-    if task is not None and hasattr(task, "uncancel"):
-        task.uncancel()

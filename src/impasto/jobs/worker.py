@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 from ..config import JobsConfig
 from ..errors import ImpastoError, NotFound, NotReady, Overloaded
-from ..inprocess import aborts_as_errors
 from ..prediction import Prediction
 from ..runner import Runner
 from ..server.registry import Models
@@ -230,7 +229,8 @@ class Worker:
         output: Any = None
         p.bind(asyncio.current_task())
         try:
-            async with aborts_as_errors(p):
+            # a worker that is stopping releases the job in the store; it ends nothing here
+            with p.cancellation(end_on_teardown=False):
                 output = await kind.run(runner, endpoint, p, job, live)
         except ImpastoError as exc:
             error = exc

@@ -23,7 +23,6 @@ from ..metrics import Metrics
 from ..package import load_package
 from ..server.callpath import execute
 from ..serving import runner_for
-from ..streams import uncancel
 from . import wire
 from .secrets import Sealed, with_secrets
 
@@ -88,18 +87,11 @@ class ModelReplica:
             return self.id, wire.error(exc)
         p.bind(asyncio.current_task())
         try:
-            try:
+            with p.cancellation():
                 result = await runner.run(p, await runner.decode(p, payload))
                 if is_stream(result):  # a generator returned by a plain endpoint
                     async with contextlib.aclosing(result):
                         return self.id, (wire.CHUNKS, [chunk async for chunk in result])
-            except asyncio.CancelledError:
-                if not p.aborted:
-                    p.ctx.cancel("disconnected")
-                    p.finish(p.ctx.error())
-                    raise
-                uncancel()
-                raise p.ctx.error() from None
         except ImpastoError as exc:
             p.finish(exc)
             return self.id, wire.error(exc)

@@ -33,7 +33,6 @@ from ..errors import ImpastoError, MalformedInput
 from ..prediction import Prediction
 from ..runner import Runner
 from ..spec import EndpointSpec
-from ..streams import uncancel
 from .registry import Models
 from .requests import parse_json, read_body
 
@@ -161,7 +160,7 @@ class CallPath:
         p.bind(asyncio.current_task())
         p.ctx.request = request  # for model methods that take the request
         try:
-            try:
+            with p.cancellation():
                 inbound = await adapter.read(request, Target(request, runner, ep, p))
                 p.ctx.output = inbound.prefs
                 if inbound.items is not None:
@@ -172,13 +171,6 @@ class CallPath:
                     events = self.events(runner, p, value)
                     return closing(adapter.write_events(request, p, events), events)
                 result = await self._run(request, runner, p, value, inbound.gather)
-            except asyncio.CancelledError:
-                if not p.aborted:  # the server itself is canceling this task
-                    p.ctx.cancel("disconnected")
-                    p.finish(p.ctx.error())
-                    raise
-                uncancel()
-                raise p.ctx.error() from None
             p.bind(None)
             if is_stream(result):  # a streaming endpoint, or a generator the model returned
                 return closing(adapter.write_stream(request, p, result), result)
@@ -256,20 +248,13 @@ class CallPath:
         """One input of several: decoded and run in this task; ``q`` ends here if it fails."""
         q.bind(asyncio.current_task())
         try:
-            try:
+            with q.cancellation():
                 value = await runner.decode(q, item)
                 result = await runner.run(q, value)
                 if gather:
                     async with contextlib.aclosing(result):
                         return Gathered([chunk async for chunk in result])
                 return result
-            except asyncio.CancelledError:
-                if not q.aborted:
-                    q.ctx.cancel("disconnected")
-                    q.finish(q.ctx.error())
-                    raise
-                uncancel()
-                raise q.ctx.error() from None
         except ImpastoError as exc:
             q.finish(exc)
             raise
@@ -324,15 +309,8 @@ async def execute(
     response: an event stream, a job). Never raises an ImpastoError: it ends ``p`` with it."""
     p.bind(asyncio.current_task())
     try:
-        try:
+        with p.cancellation():
             result = await runner.run(p, value)
-        except asyncio.CancelledError:
-            if not p.aborted:
-                p.ctx.cancel("disconnected")
-                p.finish(p.ctx.error())
-                raise
-            uncancel()
-            raise p.ctx.error() from None
         p.bind(None)
         if is_stream(result):  # its chunks go out as output events
             async with contextlib.aclosing(result):

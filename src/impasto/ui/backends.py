@@ -25,7 +25,6 @@ import httpx
 from .. import __version__
 from ..context import Event
 from ..errors import ImpastoError, Unreachable
-from ..inprocess import aborts_as_errors
 from ..prediction import Prediction
 from ..runner import Runner
 from .describe import EndpointView, ModelView, endpoint_view, views_from_openapi
@@ -177,14 +176,11 @@ class LocalRun:
         p = self.p
         p.bind(asyncio.current_task())
         try:
-            async with aborts_as_errors(p):
+            with p.cancellation():
                 value = await self.runner.decode(p, body)
         except ImpastoError as exc:
             p.finish(exc)
             return
-        except asyncio.CancelledError:
-            p.finish(p.ctx.error())
-            raise
         finally:
             p.bind(None)
         await execute(self.runner, p, value)
