@@ -95,3 +95,43 @@ def test_serve_reload_picks_up_code_changes(serve_process, tmp_path):
             pass
         time.sleep(0.3)
     assert body == {"changed": "ba"}
+
+
+def test_cli_logging_writes_to_the_stderr_of_the_moment_and_keeps_other_handlers(
+    monkeypatch,
+) -> None:
+    """A caller that swapped sys.stderr (a test runner, an embedding application) and closed
+    it must not leave the CLI's handler writing to a closed stream; handlers the CLI did not
+    add (a log file, a test's capture) stay installed."""
+    import io
+    import logging
+    import sys
+
+    from impasto.cli.output import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    try:
+        root.addHandler(keep)
+        first = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        configure_logging("info")
+        configure_logging("info")  # twice: still one handler of its own
+        first.close()
+        later = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", later)
+        logging.getLogger("impasto.test").info("after the swap")
+        assert "after the swap" in later.getvalue()
+        assert later.getvalue().count("after the swap") == 1
+        assert "Logging error" not in later.getvalue()
+        assert seen == ["after the swap"]
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

@@ -95,11 +95,27 @@ class _Formatter(logging.Formatter):
         return text if request_id == "-" else f"{text} [request {request_id}]"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged: a caller that swaps it
+    (a test runner, an embedding application) never leaves it writing to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler sets it; the property decides
+        pass
+
+
 def configure_logging(
     level: str | LogLevel = "info", redactor: logging.Filter | None = None
 ) -> None:
     """Only the CLI configures logging; the library never does on import."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter())
     if redactor is not None:
         handler.addFilter(redactor)
@@ -108,7 +124,10 @@ def configure_logging(
         raise ConfigError(f"--log-level {level!r}: use one of {', '.join(LOG_LEVELS)}")
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        # ours from an earlier call, or a console handler another library's basicConfig
+        # added (each line would print twice); a file or test-capture handler stays
+        if isinstance(old, _StderrHandler) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     access = logging.getLogger("uvicorn.access")
