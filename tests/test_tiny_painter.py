@@ -10,43 +10,28 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import io
 import itertools
 import json
 import re
-import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import REPO, ProcessServer
+from painter_example import EXAMPLE, example_module
 
 pytestmark = pytest.mark.timeout(900)
 
-EXAMPLE = REPO / "examples" / "tiny-painter"
 DATA = EXAMPLE / "data"
 SEEDS = 8
 
 
-def _module(name: str) -> ModuleType:
-    """A module of the example folder (not a package: its name has a dash)."""
-    if str(EXAMPLE) not in sys.path:
-        sys.path.insert(0, str(EXAMPLE))
-    spec = importlib.util.spec_from_file_location(f"tiny_painter_{name}", EXAMPLE / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-scenes = _module("scenes")
-judge = _module("judge")
+scenes = example_module("scenes")
+judge = example_module("judge")
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +198,7 @@ def test_the_weights_went_through_the_model_store(painter: ProcessServer, home: 
     assert body["recipe"]["model_version"] == str(stored.ref)
 
 
-train = _module("train")
+train = example_module("train")
 
 
 def test_a_short_training_run_lowers_the_loss(tmp_path: Path) -> None:

@@ -213,8 +213,6 @@ def test_generate_an_image_of_the_requested_size(sd, page) -> None:
     result = namespace["result"]
     assert result["seeds"] == [7]
     assert (result["images"][0]["width"], result["images"][0]["height"]) == (96, 64)
-    if SCREENSHOT:
-        p.screenshot(path=SCREENSHOT, full_page=True)
     if shutil.which("curl"):
         out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120)
         assert '"seeds":[7]' in out.stdout.replace(" ", "")
@@ -300,6 +298,35 @@ def _png_b64(w: int, h: int) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (w, h), (9, 9, 9)).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+# the tiny painter: what the README serves --------------------------------------------------------
+def test_the_painter_draws_the_asked_picture_in_the_playground(page, tmp_path_factory) -> None:
+    """The README's playground command (`impasto serve examples/tiny-painter`): a prompt
+    typed into the page comes back as the picture it asks for."""
+    from painter_example import example_module
+
+    judge = example_module("judge")
+    home = tmp_path_factory.mktemp("painter-ui-home")
+    log = tmp_path_factory.mktemp("log-painter-ui") / "server.log"
+    env = {"IMPASTO_HOME": str(home), "IMPASTO_UI": None}
+    server = ProcessServer(REPO / "examples" / "tiny-painter", env=env, log=log)
+    try:
+        server.wait_live(120)
+        server.wait_ready(300)
+        prefix = "#impasto-tiny-painter-text2img"
+        p = page(server.url + "/ui/").page
+        p.fill(f"{prefix}-prompt textarea", "a blue triangle on a yellow background")
+        p.uncheck(f"{prefix}-seed-random input")
+        p.fill(f"{prefix}-seed input", "3")
+        generate(p, prefix)
+        assert wait_state(p, prefix, "done", "failed") == "done"
+        seen = judge.judge(first_image(p, prefix))
+        assert (seen.background, seen.color, seen.shape) == ("yellow", "blue", "triangle"), seen
+        if SCREENSHOT:
+            p.screenshot(path=SCREENSHOT, full_page=True)
+    finally:
+        server.stop()
 
 
 # custom packages -------------------------------------------------------------------------------
