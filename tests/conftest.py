@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -213,6 +214,19 @@ def serve_process(tmp_path: Path) -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, object]]:
+    """``(event, data)`` pairs of a server-sent event stream, ``data`` parsed as JSON."""
+    event, data = None, []
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and event:
+            yield event, json.loads("\n".join(data))
+            event, data = None, []
 
 
 def metric(text: str, name: str, **labels: str) -> float:

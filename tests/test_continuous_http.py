@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import json
 import shutil
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, ProcessServer
+from conftest import REPO, ProcessServer, sse_events
 
 pytest.importorskip("diffusers")
 pytestmark = pytest.mark.timeout(600)
@@ -44,18 +43,6 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-def _events(lines):
-    event, data = None, []
-    for line in lines:
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            data.append(line[6:])
-        elif line == "" and event:
-            yield event, json.loads("\n".join(data))
-            event, data = None, []
-
-
 def _png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
@@ -77,7 +64,7 @@ def test_short_request_joins_a_running_one_and_finishes_first(server):
         with server.client.stream(
             "POST", "/text2img", json=long_payload, headers={"Accept": "text/event-stream"}
         ) as r:
-            for kind, data in _events(r.iter_lines()):
+            for kind, data in sse_events(r.iter_lines()):
                 kinds.append(kind)
                 if kind == "progress":
                     steps.append(data["step"])

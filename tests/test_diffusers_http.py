@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, ProcessServer, metric
+from conftest import REPO, ProcessServer, metric, sse_events
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -250,18 +250,6 @@ def test_concurrent_requests_are_batched_and_equal_to_single_runs(sd):
         assert np.abs(alone - together).max() <= 2  # within 2/255 per pixel
 
 
-def _sse_events(lines):
-    event, data = None, []
-    for line in lines:
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            data.append(line[6:])
-        elif line == "" and event:
-            yield event, json.loads("\n".join(data))
-            event, data = None, []
-
-
 def test_progress_events_then_result(sd):
     with sd.client.stream(
         "POST",
@@ -270,7 +258,7 @@ def test_progress_events_then_result(sd):
         headers={"Accept": "text/event-stream"},
     ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = list(_sse_events(r.iter_lines()))
+        events = list(sse_events(r.iter_lines()))
     kinds = [kind for kind, _ in events]
     progress = [data for kind, data in events if kind == "progress"]
     assert [p["step"] for p in progress] == [1, 2, 3, 4]
@@ -294,7 +282,7 @@ def test_disconnect_stops_generation_within_a_step(sd):
             "POST", "/text2img", json=payload, headers={"Accept": "text/event-stream"}
         ) as r,
     ):
-        for kind, _data in _sse_events(r.iter_lines()):
+        for kind, _data in sse_events(r.iter_lines()):
             if kind == "progress":
                 seen += 1
                 if seen == 2:
